@@ -1,0 +1,56 @@
+"""onnx-hierarchy: Hugging Face models to ONNX without losing the module structure.
+
+Every node of an exported model says which ``nn.Module`` produced it, and the model carries the whole
+module tree (see :mod:`onnx_hierarchy.schema`). Heavy dependencies (torch, transformers) load on first
+use, so importing the package, and ``onnx-hierarchy --help``, stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from onnx_hierarchy._version import __version__
+
+if TYPE_CHECKING:
+    from onnx_hierarchy._check import CheckResult, OutputDifference
+    from onnx_hierarchy._export import ExportResult, StageEvent, StageTiming, export
+    from onnx_hierarchy._inputs import InputShapes
+
+__all__ = [
+    "CheckResult",
+    "ExportResult",
+    "InputShapes",
+    "OutputDifference",
+    "StageEvent",
+    "StageTiming",
+    "__version__",
+    "errors",
+    "export",
+    "schema",
+]
+
+_LAZY = {
+    "CheckResult": "onnx_hierarchy._check",
+    "OutputDifference": "onnx_hierarchy._check",
+    "ExportResult": "onnx_hierarchy._export",
+    "StageEvent": "onnx_hierarchy._export",
+    "StageTiming": "onnx_hierarchy._export",
+    "export": "onnx_hierarchy._export",
+    "InputShapes": "onnx_hierarchy._inputs",
+    "errors": None,
+    "schema": None,
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'onnx_hierarchy' has no attribute {name!r}")
+    module_name = _LAZY[name]
+    if module_name is None:
+        return importlib.import_module(f"onnx_hierarchy.{name}")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,63 @@
+"""Running the written ONNX model in ONNX Runtime and comparing it with PyTorch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+__all__ = ["CheckResult", "OutputDifference", "compare_with_torch"]
+
+
+@dataclass(frozen=True)
+class OutputDifference:
+    """How far one ONNX output is from PyTorch's."""
+
+    name: str
+    shape: tuple[int, ...]
+    max_abs_diff: float
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """ONNX Runtime against PyTorch on the export's dummy inputs."""
+
+    outputs: tuple[OutputDifference, ...]
+    atol: float
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((o.max_abs_diff for o in self.outputs), default=0.0)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.atol
+
+
+def compare_with_torch(
+    onnx_path: Path,
+    model: torch.nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    output_names: Sequence[str],
+    atol: float,
+) -> CheckResult:
+    """Runs both models on ``inputs`` and measures the largest difference of each output."""
+    import onnxruntime as ort
+
+    with torch.no_grad():
+        expected = [leaf for leaf in pytree.tree_leaves(model(**inputs)) if isinstance(leaf, torch.Tensor)]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
+    actual = session.run(None, feeds)
+    differences = []
+    for name, want, got in zip(output_names, expected, actual, strict=True):
+        want_np = want.detach().numpy()
+        diff = np.abs(want_np.astype(np.float64) - np.asarray(got).astype(np.float64))
+        differences.append(OutputDifference(name, tuple(want_np.shape), float(diff.max()) if diff.size else 0.0))
+    return CheckResult(tuple(differences), atol)

@@ -1,0 +1,132 @@
+"""Tracing with ``torch.export`` and converting with torch.onnx's dynamo exporter."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.utils._pytree as pytree
+
+from onnx_hierarchy._inputs import ModelInputs
+from onnx_hierarchy._module_tree import count_calls
+from onnx_hierarchy.errors import ConversionError, TraceError
+
+logger = logging.getLogger(__name__)
+
+# Loggers that report torch.export's and the optimizer's internal retries as warnings.
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch.fx", "onnxscript", "onnx_ir")
+
+
+@dataclass(frozen=True)
+class TracedModel:
+    """The outcome of tracing: the program, module calls, and whether dynamic axes survived."""
+
+    program: torch.export.ExportedProgram
+    calls: collections.Counter[str]
+    dynamic: bool
+    fallback_reason: str | None
+
+
+def trace(model: torch.nn.Module, inputs: ModelInputs, *, dynamic: bool) -> TracedModel:
+    """Traces ``model`` with dynamic batch and sequence axes, falling back to static shapes.
+
+    Raises:
+        TraceError: torch.export cannot trace the model even with static shapes.
+    """
+    fallback_reason = None
+    if dynamic and inputs.dynamic_axes:
+        dims = {
+            name: {axis: torch.export.Dim.DYNAMIC for axis in inputs.dynamic_axes.get(name, {})} or None
+            for name in inputs.tensors
+        }
+        try:
+            return _trace_once(model, inputs, dims)
+        except Exception as error:  # torch.export raises many types; each means "not with these shapes"
+            fallback_reason = f"dynamic axes could not be traced ({_first_line(error)})"
+            logger.warning("%s; exporting with static shapes", fallback_reason)
+    try:
+        traced = _trace_once(model, inputs, None)
+    except Exception as error:
+        raise TraceError(f"torch.export could not trace {type(model).__name__}: {_first_line(error)}") from error
+    return TracedModel(traced.program, traced.calls, False, fallback_reason)
+
+
+def _trace_once(
+    model: torch.nn.Module, inputs: ModelInputs, dims: dict[str, dict[int, object] | None] | None
+) -> TracedModel:
+    with quiet(), count_calls(model) as calls:
+        program = torch.export.export(model, (), dict(inputs.tensors), dynamic_shapes=dims, strict=False)
+    return TracedModel(program, calls, dims is not None, None)
+
+
+def convert(
+    traced: TracedModel, inputs: ModelInputs, *, opset: int | None, optimize: bool
+) -> torch.onnx.ONNXProgram:
+    """Converts the traced program to ONNX, naming outputs after the model's output fields and
+    dynamic axes after ``inputs.dynamic_axes``.
+
+    Raises:
+        ConversionError: torch.onnx has no translation for an operator, or the translation fails.
+    """
+    axis_names = (
+        {name: inputs.dynamic_axes.get(name) or None for name in inputs.tensors} if traced.dynamic else None
+    )
+    try:
+        with quiet():
+            return torch.onnx.export(
+                traced.program,
+                (),
+                dynamic_shapes=axis_names,
+                output_names=output_names(traced.program),
+                opset_version=opset,
+                dynamo=True,
+                optimize=optimize,
+                verbose=False,
+            )
+    except Exception as error:  # torch.onnx wraps translation failures in several types
+        raise ConversionError(f"torch.onnx could not convert the traced program: {_first_line(error)}") from error
+
+
+def output_names(program: torch.export.ExportedProgram) -> list[str]:
+    """Names graph outputs by their place in the model's output (``last_hidden_state``, ``past.0``)."""
+    spec = program.call_spec.out_spec
+    if spec is None:
+        return []
+    tree = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
+    names = []
+    for path, _ in pytree.tree_flatten_with_path(tree)[0]:
+        names.append(".".join(_key_name(key) for key in path) or "output")
+    return names
+
+
+def _key_name(key: object) -> str:
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silences torch's and onnxscript's progress chatter and internal warnings for one block."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

@@ -1,0 +1,200 @@
+"""Dummy inputs generated from a model's config, and ``--input-spec`` overrides.
+
+Inputs are chosen by the names ``forward`` accepts, so one table covers text, vision, audio,
+encoder-decoder and text+image models. Values come from a fixed generator: the same config and shapes
+give the same inputs, so a later verification can rebuild them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from onnx_hierarchy.errors import InputSpecError
+from onnx_hierarchy.schema import InputRecord
+
+_DTYPES = {
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bool": torch.bool,
+}
+_DEFAULT_IMAGE_SIZE = 224
+_SAMPLES_PER_TOKEN = 320  # wav2vec2-style feature extractors downsample raw audio by 320
+
+
+@dataclass(frozen=True)
+class InputShapes:
+    """Sizes of generated dummy inputs.
+
+    Attributes:
+        batch_size: Batch axis of every input.
+        sequence_length: Token axis of text inputs (and of raw audio, in frames of 320 samples).
+        image_size: Height and width of images; ``None`` takes the config's ``image_size``.
+    """
+
+    batch_size: int = 2
+    sequence_length: int = 16
+    image_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """Example inputs for tracing, with the axes meant to stay dynamic (input -> axis -> axis name)."""
+
+    tensors: dict[str, torch.Tensor]
+    dynamic_axes: dict[str, dict[int, str]]
+
+    def records(self, dynamic: bool) -> tuple[InputRecord, ...]:
+        return tuple(
+            InputRecord(
+                name=name,
+                shape=tuple(tensor.shape),
+                dtype=str(tensor.dtype).removeprefix("torch."),
+                dynamic_axes=dict(self.dynamic_axes.get(name, {})) if dynamic else {},
+            )
+            for name, tensor in self.tensors.items()
+        )
+
+
+def generate_inputs(model: torch.nn.Module, shapes: InputShapes) -> ModelInputs:
+    """Builds dummy inputs for every input ``forward`` needs that the config describes.
+
+    Raises:
+        InputSpecError: ``forward`` requires an input this module cannot generate.
+    """
+    config = model.config
+    accepted = _forward_parameters(model)
+    generator = torch.Generator().manual_seed(0)
+    batch, seq = shapes.batch_size, shapes.sequence_length
+    tensors: dict[str, torch.Tensor] = {}
+    axes: dict[str, dict[int, str]] = {}
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab_size = getattr(text_config, "vocab_size", None)
+
+    if "input_ids" in accepted and vocab_size:
+        tensors["input_ids"] = torch.randint(0, vocab_size, (batch, seq), generator=generator)
+        axes["input_ids"] = {0: "batch", 1: "sequence"}
+        if "attention_mask" in accepted:
+            tensors["attention_mask"] = torch.ones(batch, seq, dtype=torch.int64)
+            axes["attention_mask"] = {0: "batch", 1: "sequence"}
+        if "token_type_ids" in accepted and getattr(text_config, "type_vocab_size", 0):
+            tensors["token_type_ids"] = torch.zeros(batch, seq, dtype=torch.int64)
+            axes["token_type_ids"] = {0: "batch", 1: "sequence"}
+    if "pixel_values" in accepted:
+        channels, height, width = _image_geometry(config, shapes.image_size)
+        tensors["pixel_values"] = torch.randn(batch, channels, height, width, generator=generator)
+        axes["pixel_values"] = {0: "batch"}
+    if "input_features" in accepted:
+        tensors["input_features"] = torch.randn(batch, *_feature_geometry(config, seq), generator=generator)
+        axes["input_features"] = {0: "batch"}
+    if "input_values" in accepted:
+        tensors["input_values"] = torch.randn(batch, seq * _SAMPLES_PER_TOKEN, generator=generator)
+        axes["input_values"] = {0: "batch", 1: "samples"}
+    if "decoder_input_ids" in accepted and getattr(config, "is_encoder_decoder", False) and vocab_size:
+        start = getattr(config, "decoder_start_token_id", None) or 0
+        decoder_ids = torch.randint(0, vocab_size, (batch, seq), generator=generator)
+        decoder_ids[:, 0] = start
+        tensors["decoder_input_ids"] = decoder_ids
+        axes["decoder_input_ids"] = {0: "batch", 1: "decoder_sequence"}
+
+    missing = [name for name, required in accepted.items() if required and name not in tensors]
+    if missing or not tensors:
+        what = ", ".join(missing) if missing else "any input it recognises"
+        raise InputSpecError(
+            f"cannot generate dummy inputs for {type(model).__name__}: forward needs {what}; "
+            "describe the inputs with --input-spec FILE.json"
+        )
+    return ModelInputs(tensors, axes)
+
+
+def apply_input_spec(inputs: ModelInputs, path: Path, model: torch.nn.Module) -> ModelInputs:
+    """Overrides generated inputs with those described in a JSON file.
+
+    The file maps input names to ``{"shape": [...], "dtype": "int64", "dynamic_axes": {"0": "batch"},
+    "range": [low, high]}`` or to ``null`` to drop a generated input. Unlisted inputs stay as generated.
+    """
+    try:
+        spec = json.loads(path.read_text())
+    except OSError as error:
+        raise InputSpecError(f"cannot read input spec {path}: {error.strerror}") from error
+    except json.JSONDecodeError as error:
+        raise InputSpecError(f"input spec {path} is not valid JSON: {error}") from error
+    entries = spec.get("inputs", spec) if isinstance(spec, dict) else None
+    if not isinstance(entries, dict):
+        raise InputSpecError(f"input spec {path} must be a JSON object mapping input names to specs")
+    accepted = _forward_parameters(model)
+    tensors = dict(inputs.tensors)
+    axes = {name: dict(a) for name, a in inputs.dynamic_axes.items()}
+    generator = torch.Generator().manual_seed(0)
+    for name, entry in entries.items():
+        if name not in accepted:
+            raise InputSpecError(
+                f"input spec names {name!r}, which {type(model).__name__}.forward does not take "
+                f"(it takes {', '.join(accepted)})"
+            )
+        if entry is None:
+            tensors.pop(name, None)
+            axes.pop(name, None)
+            continue
+        tensors[name], axes[name] = _tensor_from_spec(name, entry, generator)
+    return ModelInputs(tensors, {k: v for k, v in axes.items() if k in tensors})
+
+
+def _tensor_from_spec(name: str, entry: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[int, str]]:
+    if not isinstance(entry, Mapping) or "shape" not in entry:
+        raise InputSpecError(f"input spec for {name!r} needs a \"shape\" list")
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise InputSpecError(f"input spec for {name!r}: shape must be a list of positive integers, got {shape!r}")
+    dtype_name = entry.get("dtype", "int64" if name.endswith(("ids", "mask")) else "float32")
+    if dtype_name not in _DTYPES:
+        raise InputSpecError(f"input spec for {name!r}: dtype {dtype_name!r} is not one of {', '.join(_DTYPES)}")
+    dtype = _DTYPES[dtype_name]
+    low, high = entry.get("range", [0, 2] if name.endswith("mask") else [0, 100])
+    if dtype.is_floating_point:
+        tensor = torch.randn(*shape, generator=generator).to(dtype)
+    elif dtype == torch.bool:
+        tensor = torch.ones(*shape, dtype=torch.bool)
+    elif name.endswith("mask"):
+        tensor = torch.ones(*shape, dtype=dtype)
+    else:
+        tensor = torch.randint(int(low), int(high), tuple(shape), generator=generator, dtype=dtype)
+    try:
+        dynamic = {int(axis): str(label) for axis, label in entry.get("dynamic_axes", {}).items()}
+    except (AttributeError, ValueError) as error:
+        raise InputSpecError(f"input spec for {name!r}: dynamic_axes must map axis numbers to names") from error
+    return tensor, dynamic
+
+
+def _forward_parameters(model: torch.nn.Module) -> dict[str, bool]:
+    """Names ``forward`` accepts, each with whether it is required."""
+    parameters = inspect.signature(model.forward).parameters.values()
+    return {
+        p.name: p.default is inspect.Parameter.empty
+        for p in parameters
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
+
+
+def _image_geometry(config: Any, image_size: int | None) -> tuple[int, int, int]:
+    vision = getattr(config, "vision_config", None) or config
+    channels = getattr(vision, "num_channels", 3)
+    size: Any = image_size or getattr(vision, "image_size", None) or _DEFAULT_IMAGE_SIZE
+    height, width = (size, size) if isinstance(size, int) else (size[0], size[1])
+    return channels, height, width
+
+
+def _feature_geometry(config: Any, sequence_length: int) -> tuple[int, int]:
+    """Spectrogram shape after the batch axis: Whisper-style (mels, frames) or (frames, features)."""
+    if hasattr(config, "num_mel_bins") and hasattr(config, "max_source_positions"):
+        return config.num_mel_bins, 2 * config.max_source_positions
+    features = getattr(config, "feature_size", None) or getattr(config, "input_feat_per_channel", 80)
+    return sequence_length * 4, features

@@ -1,0 +1,234 @@
+"""Resolving the MODEL argument and building the PyTorch model it names.
+
+MODEL is a local checkpoint folder, a folder or ``config.json`` without weights (random weights from a
+recorded seed), or a Hub id. Errors name the argument and say what to pass instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from onnx_hierarchy.errors import ModelSourceError, TaskError
+
+# optimum-cli's task names, each with the Auto classes that build its head, tried in order.
+TASKS: dict[str, tuple[str, ...]] = {
+    "feature-extraction": ("AutoModel",),
+    "fill-mask": ("AutoModelForMaskedLM",),
+    "text-classification": ("AutoModelForSequenceClassification",),
+    "token-classification": ("AutoModelForTokenClassification",),
+    "question-answering": ("AutoModelForQuestionAnswering",),
+    "text-generation": ("AutoModelForCausalLM",),
+    "text2text-generation": ("AutoModelForSeq2SeqLM",),
+    "image-classification": ("AutoModelForImageClassification",),
+    "image-feature-extraction": ("AutoModel",),
+    "automatic-speech-recognition": ("AutoModelForSpeechSeq2Seq", "AutoModelForCTC"),
+    "audio-classification": ("AutoModelForAudioClassification",),
+    "zero-shot-image-classification": ("AutoModelForZeroShotImageClassification",),
+}
+TASK_ALIASES = {"causal-lm": "text-generation", "seq2seq-lm": "text2text-generation", "default": "feature-extraction"}
+
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved MODEL argument.
+
+    Attributes:
+        spec: The argument as given.
+        kind: ``checkpoint`` (local folder with weights), ``config`` (no weights) or ``hub``.
+        location: Folder, config file or Hub id that transformers loads from.
+        config: The model's configuration.
+    """
+
+    spec: str
+    kind: str
+    location: str
+    config: transformers.PretrainedConfig
+
+    @property
+    def has_weights(self) -> bool:
+        return self.kind != "config"
+
+
+def resolve_source(spec: str) -> ModelSource:
+    """Finds the model named by ``spec`` and loads its config.
+
+    Raises:
+        ModelSourceError: The path is missing, has no config.json, the config is corrupt, or the Hub id
+            cannot be fetched.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise ModelSourceError(
+                f"{spec}: folder has no config.json; pass a Hugging Face checkpoint folder or a config.json file"
+            )
+        kind = "checkpoint" if any((path / name).is_file() for name in _WEIGHT_FILES) else "config"
+        return ModelSource(spec, kind, str(path), _load_local_config(config_file))
+    if path.is_file():
+        return ModelSource(spec, "config", str(path), _load_local_config(path))
+    if _looks_like_path(spec):
+        raise ModelSourceError(f"{spec}: no such file or folder")
+    return ModelSource(spec, "hub", spec, _load_hub_config(spec))
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.endswith(".json") or not _HUB_ID.match(spec)
+
+
+def _load_local_config(config_file: Path) -> transformers.PretrainedConfig:
+    try:
+        data = json.loads(config_file.read_text())
+    except OSError as error:
+        raise ModelSourceError(f"{config_file}: cannot read ({error.strerror})") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelSourceError(f"{config_file}: not valid JSON ({error})") from error
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise ModelSourceError(f"{config_file}: no \"model_type\" key; is this a Hugging Face config.json?")
+    model_type = data.pop("model_type")
+    try:
+        return transformers.AutoConfig.for_model(model_type, **data)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelSourceError(
+            f"{config_file}: transformers {transformers.__version__} cannot build a config of "
+            f"model_type {model_type!r}: {_first_line(error)}"
+        ) from error
+
+
+def _load_hub_config(repo_id: str) -> transformers.PretrainedConfig:
+    try:
+        return transformers.AutoConfig.from_pretrained(repo_id)
+    except OSError as error:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        reason = "HF_HUB_OFFLINE is set" if offline else _first_line(error)
+        raise ModelSourceError(
+            f"{repo_id}: not a local path and not fetchable from the Hugging Face Hub ({reason}); "
+            "pass a local checkpoint folder, or go online and unset HF_HUB_OFFLINE"
+        ) from error
+    except ValueError as error:
+        raise ModelSourceError(f"{repo_id}: {_first_line(error)}") from error
+
+
+def resolve_model_class(config: transformers.PretrainedConfig, task: str | None) -> tuple[str, type]:
+    """Picks the class to export: ``(task name, class)``.
+
+    Without a task, the config's first architecture when transformers has that class, else the base
+    model. A task is an optimum-style name (``text-classification``) or a transformers class name.
+
+    Raises:
+        TaskError: The task is unknown, or no class of it fits this config.
+    """
+    if task is None:
+        for name in config.architectures or ():
+            cls = getattr(transformers, name, None)
+            if isinstance(cls, type):
+                return "default", cls
+        return "feature-extraction", _auto_class("feature-extraction", config)
+    task = TASK_ALIASES.get(task, task)
+    if task in TASKS:
+        return task, _auto_class(task, config)
+    cls = getattr(transformers, task, None)
+    if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+        if cls.config_class is not None and not isinstance(config, cls.config_class):
+            raise TaskError(
+                f"{task} expects a {cls.config_class.__name__}, but the model is {type(config).__name__}"
+            )
+        return task, cls
+    raise TaskError(
+        f"unknown task {task!r}; use one of {', '.join(sorted(TASKS))}, or a transformers class name"
+    )
+
+
+def _auto_class(task: str, config: transformers.PretrainedConfig) -> type:
+    for auto_name in TASKS[task]:
+        auto = getattr(transformers, auto_name)
+        try:
+            return auto._model_mapping[type(config)]  # type: ignore[no-any-return]
+        except KeyError:
+            continue
+    raise TaskError(f"task {task!r} has no model class for model_type {config.model_type!r}")
+
+
+def build_model(
+    source: ModelSource,
+    model_class: type,
+    *,
+    structure_only: bool,
+    seed: int,
+) -> tuple[torch.nn.Module, str]:
+    """Builds the model in eval mode, returning it and how its weights were made.
+
+    Structure-only models live on the meta device: no weight is allocated, so any size fits in memory.
+    Random weights are drawn from ``seed`` without touching the caller's global RNG state.
+    """
+    config = source.config
+    kwargs: dict[str, Any] = {"attn_implementation": "eager"}
+    if structure_only:
+        with torch.device("meta"):
+            model = model_class._from_config(config, **kwargs)
+        weights = "none"
+    elif source.has_weights:
+        try:
+            model = model_class.from_pretrained(source.location, dtype=torch.float32, **kwargs)
+        except (OSError, ValueError) as error:
+            raise ModelSourceError(f"{source.spec}: cannot load weights: {_first_line(error)}") from error
+        weights = "pretrained"
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = model_class._from_config(config, **kwargs)
+        weights = "random"
+    return model.eval(), weights
+
+
+def disable_cache(config: transformers.PretrainedConfig) -> bool:
+    """Turns off the KV cache, which torch.export cannot return.
+
+    Returns:
+        Whether a generative model lost its cache, so the user can be told.
+    """
+    was_on = False
+    for sub in {id(c): c for c in _configs(config)}.values():
+        if getattr(sub, "use_cache", False):
+            sub.use_cache = False
+            was_on = True
+    return was_on and _is_generative(config)
+
+
+def _is_generative(config: transformers.PretrainedConfig) -> bool:
+    """Decoders and encoder-decoders; encoders such as BERT carry ``use_cache`` without using it."""
+    if config.is_encoder_decoder or getattr(config, "is_decoder", False):
+        return True
+    causal = transformers.AutoModelForCausalLM._model_mapping
+    masked = transformers.AutoModelForMaskedLM._model_mapping
+    return type(config) in causal and type(config) not in masked
+
+
+def _configs(config: Any) -> list[Any]:
+    found = [config]
+    for key in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, key, None)
+        if sub is not None:
+            found.append(sub)
+    return found
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

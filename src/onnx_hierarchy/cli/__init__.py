@@ -1,0 +1,38 @@
+"""The ``onnx-hierarchy`` command line: parses arguments, calls the library, renders results."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+from onnx_hierarchy._version import __version__
+from onnx_hierarchy.cli import _errors
+from onnx_hierarchy.cli._export import export_command
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="onnx-hierarchy")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def cli(debug: bool) -> None:
+    """Export Hugging Face models to ONNX with every node tagged by the nn.Module that produced it."""
+
+
+cli.add_command(export_command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI and returns its exit code: 0 ok, 1 check failed, 2 bad input."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]  # accepted anywhere on the line, not only before the command
+    try:
+        code = cli.main(args=args, prog_name="onnx-hierarchy", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except (Exception, KeyboardInterrupt) as error:
+        return _errors.handle(error, debug=debug)
+    return int(code or 0)

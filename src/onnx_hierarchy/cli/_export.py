@@ -1,0 +1,119 @@
+"""``onnx-hierarchy export``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
+
+from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
+from onnx_hierarchy.cli._output import Output
+
+if TYPE_CHECKING:
+    from onnx_hierarchy._export import ExportResult, StageEvent
+
+
+@click.command("export")
+@click.argument("model")
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--task", help="Task (e.g. text-classification) or transformers class. Default: config.architectures[0].")
+@click.option("--structure-only", is_flag=True, help="Build on the meta device: full graph and tags, no weights.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--sequence-length", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=1), help="Image height and width. Default: from the config.")
+@click.option("--input-spec", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON file overriding the generated inputs (see docs/usage.md).")
+@click.option("--static", is_flag=True, help="Export all axes static (default: batch and sequence dynamic).")
+@click.option("--opset", type=click.IntRange(min=18), help="ONNX opset. Default: torch.onnx's.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random weights.")
+@click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime vs PyTorch comparison.")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Tolerance of the check.")
+@click.option("--keep-stack-traces", is_flag=True, help="Keep pkg.torch.onnx.stack_trace (holds local paths).")
+@click.option("--sidecar", is_flag=True, help="Also write OUTPUT.hierarchy.json.")
+@click.option("--tree", "show_tree", is_flag=True, help="Print the module tree after the summary.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def export_command(
+    model: str,
+    output: Path,
+    task: str | None,
+    structure_only: bool,
+    batch_size: int,
+    sequence_length: int,
+    image_size: int | None,
+    input_spec: Path | None,
+    static: bool,
+    opset: int | None,
+    seed: int,
+    no_check: bool,
+    atol: float,
+    keep_stack_traces: bool,
+    sidecar: bool,
+    show_tree: bool,
+    fmt: str,
+) -> int:
+    """Export MODEL (Hub id, checkpoint folder, or config.json) to OUTPUT.onnx with hierarchy tags."""
+    from onnx_hierarchy._export import export
+    from onnx_hierarchy._inputs import InputShapes
+
+    out = Output(fmt)
+    result = export(
+        model,
+        output,
+        task=task,
+        structure_only=structure_only,
+        shapes=InputShapes(batch_size, sequence_length, image_size),
+        input_spec=input_spec,
+        dynamic=not static,
+        opset=opset,
+        seed=seed,
+        check=not no_check,
+        atol=atol,
+        keep_stack_traces=keep_stack_traces,
+        sidecar=sidecar,
+        progress=_progress_printer(out),
+    )
+    for warning in result.warnings:
+        out.warning(warning)
+    out.result(_render(result, show_tree), result.to_json())
+    if result.check is not None and not result.check.passed:
+        return EXIT_CHECK_FAILED
+    return EXIT_OK
+
+
+def _progress_printer(out: Output) -> Callable[[StageEvent], None]:
+    def report(event: StageEvent) -> None:
+        if event.seconds is not None:
+            out.progress(f"[green]✓[/] {event.stage:<8} {event.seconds:6.2f} s")
+    return report
+
+
+def _render(result: ExportResult, show_tree: bool) -> Group:
+    record = result.record
+    summary = Table.grid(padding=(0, 2))
+    summary.add_row("output", escape(str(result.output)))
+    summary.add_row("model", f"{escape(record.model_class)} ({escape(record.source)}, {record.weights} weights)")
+    summary.add_row("modules", f"{len(result.modules)}, depth {result.depth}")
+    summary.add_row("nodes", f"{result.nodes}: {result.traced} traced, {result.inferred} inferred")
+    axes = sorted({name for i in record.inputs for name in i.dynamic_axes.values()})
+    summary.add_row("inputs", ", ".join(f"{i.name}{list(i.shape)}" for i in record.inputs))
+    summary.add_row("dynamic axes", ", ".join(axes) if axes else "none (static)")
+    if result.check is not None:
+        verdict = "[green]ok[/]" if result.check.passed else "[red]over tolerance[/]"
+        summary.add_row(
+            "check", f"max abs diff {result.check.max_abs_diff:.2e} (atol {result.check.atol:g}) {verdict}"
+        )
+    elif record.structure_only:
+        summary.add_row("check", "skipped: structure-only export has no weights")
+    else:
+        summary.add_row("check", "skipped (--no-check)")
+    parts: list[Table | object] = [summary]
+    if show_tree:
+        from onnx_hierarchy.cli._tree import module_tree
+
+        parts.append(module_tree(result.modules, result.module_nodes))
+    return Group(*parts)  # type: ignore[arg-type]

@@ -1,0 +1,72 @@
+"""Rendering a module tree with rich, collapsing runs of identical numbered siblings."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+from rich.markup import escape
+from rich.tree import Tree
+
+from onnx_hierarchy.schema import ModuleRecord
+
+
+def module_tree(
+    modules: Sequence[ModuleRecord], own_nodes: Mapping[str, int], *, expand: bool = False
+) -> Tree:
+    """Builds a rich tree: class, nodes (with descendants), parameters and calls of each module.
+
+    Numbered siblings of one class and the same node count (``layer.0`` … ``layer.31``) show as one
+    line, ``layer.0–31 (LlamaDecoderLayer ×32)``, unless ``expand``.
+    """
+    children: dict[str, list[ModuleRecord]] = defaultdict(list)
+    for record in modules:
+        if record.parent is not None:
+            children[record.parent].append(record)
+    totals: dict[str, int] = {}
+
+    def total(path: str) -> int:
+        if path not in totals:
+            totals[path] = own_nodes.get(path, 0) + sum(total(c.path) for c in children[path])
+        return totals[path]
+
+    root = next(m for m in modules if m.parent is None)
+    tree = Tree(_label(root.cls, root, total(root.path)))
+
+    def add(branch: Tree, path: str) -> None:
+        kids = children[path]
+        i = 0
+        while i < len(kids):
+            first = kids[i]
+            run = 1
+            while (
+                not expand
+                and i + run < len(kids)
+                and _numbered(kids[i + run])
+                and _numbered(first)
+                and kids[i + run].cls == first.cls
+                and total(kids[i + run].path) == total(first.path)
+            ):
+                run += 1
+            name = first.path.rpartition(".")[2]
+            if run > 1:
+                last = kids[i + run - 1].path.rpartition(".")[2]
+                name = f"{name}–{last} ×{run}"
+            add(branch.add(_label(name, first, total(first.path))), first.path)
+            i += run
+
+    add(tree, root.path)
+    return tree
+
+
+def _numbered(record: ModuleRecord) -> bool:
+    return record.path.rpartition(".")[2].isdigit()
+
+
+def _label(name: str, record: ModuleRecord, nodes: int) -> str:
+    parts = [f"[bold]{escape(name)}[/] [cyan]{escape(record.cls)}[/]", f"{nodes} nodes"]
+    if record.parameters_total:
+        parts.append(f"{record.parameters_total:,} params")
+    if record.calls > 1:
+        parts.append(f"{record.calls} calls")
+    return " · ".join(parts)

@@ -1,0 +1,45 @@
+"""The exceptions users see.
+
+Each class is one family of user-facing failure. Messages say what was wrong and what to do about it,
+in one line, because the CLI prints them as a single ``ERROR:`` line with exit code 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConversionError",
+    "HierarchyError",
+    "InputSpecError",
+    "ModelSourceError",
+    "OutputError",
+    "TaskError",
+    "TraceError",
+]
+
+
+class HierarchyError(Exception):
+    """Base class: a failure caused by the user's input, not by a bug in onnx-hierarchy."""
+
+
+class ModelSourceError(HierarchyError):
+    """The model argument cannot be resolved or loaded (missing path, no config.json, corrupt config, offline Hub)."""
+
+
+class TaskError(HierarchyError):
+    """The requested task or model class does not exist or does not fit the model's configuration."""
+
+
+class InputSpecError(HierarchyError):
+    """The input specification (``--input-spec`` or generated inputs) does not fit the model."""
+
+
+class OutputError(HierarchyError):
+    """The output location cannot be written."""
+
+
+class TraceError(HierarchyError):
+    """``torch.export`` could not trace the model."""
+
+
+class ConversionError(HierarchyError):
+    """torch.onnx could not convert the traced program to ONNX."""

@@ -1,0 +1,299 @@
+"""The tag schema: the one place that reads and writes hierarchy metadata.
+
+Every feature of onnx-hierarchy reads tags through this module; nothing else parses metadata strings.
+The format is documented for users in ``docs/schema.md``.
+
+Per node (``NodeProto.metadata_props``):
+    ``hierarchy.module``  dotted path of the innermost module that produced the node (``""`` = root),
+    ``hierarchy.class``   that module's class name,
+    ``hierarchy.tag``     class-name path from the root, list items numbered,
+    ``hierarchy.call``    0-based call of the module instance, only when it ran more than once,
+    ``hierarchy.source``  ``traced`` or ``inferred``.
+
+Per model (``ModelProto.metadata_props``): ``hierarchy.version``, ``hierarchy.modules`` (JSON module
+tree) and ``hierarchy.export`` (JSON export record).
+"""
+
+from __future__ import annotations
+
+import ast
+import enum
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import onnx_ir as ir
+
+__all__ = [
+    "CALL_KEY",
+    "CLASS_KEY",
+    "EXPORT_KEY",
+    "MODULES_KEY",
+    "MODULE_KEY",
+    "NAMESPACE_KEY",
+    "SCHEMA_VERSION",
+    "SOURCE_KEY",
+    "TAG_KEY",
+    "TORCH_NAME_SCOPES_KEY",
+    "TORCH_STACK_TRACE_KEY",
+    "VERSION_KEY",
+    "ExportRecord",
+    "InputRecord",
+    "ModuleRecord",
+    "NodeTag",
+    "TagSource",
+    "class_path",
+    "modules_by_path",
+    "read_export_record",
+    "read_modules",
+    "read_node_tag",
+    "read_torch_name_scopes",
+    "write_model_metadata",
+    "write_node_tag",
+]
+
+SCHEMA_VERSION = "1.0"
+
+MODULE_KEY = "hierarchy.module"
+CLASS_KEY = "hierarchy.class"
+TAG_KEY = "hierarchy.tag"
+CALL_KEY = "hierarchy.call"
+SOURCE_KEY = "hierarchy.source"
+NAMESPACE_KEY = "namespace"
+
+VERSION_KEY = "hierarchy.version"
+MODULES_KEY = "hierarchy.modules"
+EXPORT_KEY = "hierarchy.export"
+
+TORCH_NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+TORCH_STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+
+_NODE_KEYS = (MODULE_KEY, CLASS_KEY, TAG_KEY, CALL_KEY, SOURCE_KEY)
+
+
+class TagSource(str, enum.Enum):
+    """Where a node's module came from; never mixed up silently."""
+
+    TRACED = "traced"
+    INFERRED = "inferred"
+
+
+@dataclass(frozen=True)
+class NodeTag:
+    """The hierarchy tag of one ONNX node.
+
+    Attributes:
+        module: Dotted ``named_modules()`` path of the innermost module; ``""`` for the root.
+        cls: Class name of that module.
+        tag: Class-name path from the root, e.g. ``/BertModel/BertEncoder/BertLayer.0/...``.
+        source: Whether the module was traced by torch or inferred from neighbouring nodes.
+        call: Which call of the module produced the node, when the module ran more than once.
+    """
+
+    module: str
+    cls: str
+    tag: str
+    source: TagSource
+    call: int | None = None
+
+
+@dataclass(frozen=True)
+class ModuleRecord:
+    """One entry of the module tree, in ``named_modules()`` order.
+
+    Attributes:
+        path: Dotted path (``""`` for the root).
+        cls: Class name.
+        qualified_cls: Module-qualified class name, e.g. ``torch.nn.modules.linear.Linear``.
+        parent: Path of the parent module; ``None`` for the root.
+        parameters: Parameters owned directly by this module.
+        parameters_total: Parameters of this module and its descendants, each shared tensor counted once.
+        calls: How many times ``forward`` ran during one traced forward of the model (0 if never).
+    """
+
+    path: str
+    cls: str
+    qualified_cls: str
+    parent: str | None
+    parameters: int
+    parameters_total: int
+    calls: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "class": self.cls,
+            "qualified_class": self.qualified_cls,
+            "parent": self.parent,
+            "parameters": self.parameters,
+            "parameters_total": self.parameters_total,
+            "calls": self.calls,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModuleRecord:
+        return cls(
+            path=data["path"],
+            cls=data["class"],
+            qualified_cls=data["qualified_class"],
+            parent=data["parent"],
+            parameters=int(data["parameters"]),
+            parameters_total=int(data["parameters_total"]),
+            calls=int(data["calls"]),
+        )
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One model input as exported: name, dummy shape, dtype, and which axes are dynamic (axis -> name)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    dynamic_axes: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """How a model was exported: enough to rebuild the same PyTorch model and inputs later.
+
+    Attributes:
+        source: The MODEL argument as given (Hub id or local path).
+        source_kind: ``hub``, ``checkpoint`` or ``config``.
+        weights: ``pretrained``, ``random`` or ``none`` (structure-only).
+        seed: Seed of random weights; ``None`` for pretrained weights.
+        task: Task name used to pick the head.
+        model_class: transformers class that was exported.
+        model_type: ``config.model_type``.
+        inputs: Inputs with their dummy shapes and dynamic axes.
+        outputs: Output names in graph order.
+        dynamic: Whether any axis was exported as dynamic.
+        dynamic_fallback: Why the export fell back to static shapes, if it did.
+        opset: ONNX opset of the default domain.
+        use_cache: Whether decoders were exported with a KV cache.
+        structure_only: Built on the meta device; the file holds no weights.
+        versions: Library versions used for the export.
+    """
+
+    source: str
+    source_kind: str
+    weights: str
+    seed: int | None
+    task: str
+    model_class: str
+    model_type: str
+    inputs: tuple[InputRecord, ...]
+    outputs: tuple[str, ...]
+    dynamic: bool
+    dynamic_fallback: str | None
+    opset: int | None
+    use_cache: bool
+    structure_only: bool
+    versions: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["inputs"] = [
+            {**asdict(item), "shape": list(item.shape), "dynamic_axes": {str(k): v for k, v in item.dynamic_axes.items()}}
+            for item in self.inputs
+        ]
+        data["outputs"] = list(self.outputs)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ExportRecord:
+        inputs = tuple(
+            InputRecord(
+                name=item["name"],
+                shape=tuple(item["shape"]),
+                dtype=item["dtype"],
+                dynamic_axes={int(k): v for k, v in item.get("dynamic_axes", {}).items()},
+            )
+            for item in data["inputs"]
+        )
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**{**fields, "inputs": inputs, "outputs": tuple(data["outputs"])})
+
+
+def read_node_tag(node: ir.Node) -> NodeTag | None:
+    """Returns the node's tag, or ``None`` when the node carries no ``hierarchy.module``."""
+    props = node.metadata_props
+    if MODULE_KEY not in props:
+        return None
+    call = props.get(CALL_KEY)
+    return NodeTag(
+        module=props[MODULE_KEY],
+        cls=props.get(CLASS_KEY, ""),
+        tag=props.get(TAG_KEY, ""),
+        source=TagSource(props.get(SOURCE_KEY, TagSource.INFERRED.value)),
+        call=int(call) if call is not None else None,
+    )
+
+
+def write_node_tag(node: ir.Node, tag: NodeTag) -> None:
+    """Writes ``tag`` onto ``node``, replacing any earlier hierarchy tag."""
+    props = node.metadata_props
+    for key in _NODE_KEYS:
+        props.pop(key, None)
+    props[MODULE_KEY] = tag.module
+    props[CLASS_KEY] = tag.cls
+    props[TAG_KEY] = tag.tag
+    props[SOURCE_KEY] = tag.source.value
+    if tag.call is not None:
+        props[CALL_KEY] = str(tag.call)
+
+
+def read_torch_name_scopes(node: ir.Node) -> list[str] | None:
+    """Returns torch.onnx's ``name_scopes`` of a node: module paths from the root, then the FX node name."""
+    raw = node.metadata_props.get(TORCH_NAME_SCOPES_KEY)
+    if raw is None:
+        return None
+    scopes = ast.literal_eval(raw)
+    return [str(s) for s in scopes] if isinstance(scopes, list) else None
+
+
+def class_path(path: str, modules: Mapping[str, ModuleRecord]) -> str:
+    """Builds the ``hierarchy.tag`` of a module: class names from the root, list items numbered.
+
+    Containers that never run ``forward`` themselves (``ModuleList``, ``ModuleDict``) are skipped, and a
+    module whose attribute name is an index carries it, so ``encoder.layer.3`` reads ``BertLayer.3``.
+    """
+    parts = [modules[""].cls]
+    if path:
+        segments = path.split(".")
+        for i in range(1, len(segments) + 1):
+            record = modules.get(".".join(segments[:i]))
+            if record is None or record.cls in ("ModuleList", "ModuleDict"):
+                continue
+            last = segments[i - 1]
+            parts.append(f"{record.cls}.{last}" if last.isdigit() else record.cls)
+    return "/" + "/".join(parts)
+
+
+def write_model_metadata(model: ir.Model, modules: Sequence[ModuleRecord], record: ExportRecord) -> None:
+    """Writes the model-level hierarchy metadata."""
+    model.metadata_props[VERSION_KEY] = SCHEMA_VERSION
+    model.metadata_props[MODULES_KEY] = json.dumps([m.to_json() for m in modules], separators=(",", ":"))
+    model.metadata_props[EXPORT_KEY] = json.dumps(record.to_json(), separators=(",", ":"))
+
+
+def read_modules(model: ir.Model) -> list[ModuleRecord] | None:
+    """Returns the module tree recorded in the model, or ``None`` when the model has none."""
+    raw = model.metadata_props.get(MODULES_KEY)
+    if raw is None:
+        return None
+    return [ModuleRecord.from_json(item) for item in json.loads(raw)]
+
+
+def read_export_record(model: ir.Model) -> ExportRecord | None:
+    """Returns how the model was exported, or ``None`` when it was not exported by onnx-hierarchy."""
+    raw = model.metadata_props.get(EXPORT_KEY)
+    if raw is None:
+        return None
+    return ExportRecord.from_json(json.loads(raw))
+
+
+def modules_by_path(modules: Iterable[ModuleRecord]) -> dict[str, ModuleRecord]:
+    """Indexes module records by path."""
+    return {m.path: m for m in modules}
