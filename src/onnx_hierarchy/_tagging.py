@@ -3,8 +3,9 @@
 torch.onnx names, on every node it emits, the FX node it was lowered from (last entry of
 ``pkg.torch.onnx.name_scopes``). The FX node's ``nn_module_stack`` in the exported program is the traced
 truth, including which call of a shared module ran (``...@1``), which torch.onnx's own metadata drops.
-Nodes that graph rewrites created without metadata get the deepest module call shared by all their tagged
-neighbours, marked ``inferred``.
+Rewrites that create nodes without metadata keep the FX node's name in the output values, which still
+leads to the traced stack. Only nodes that cannot be traced back get the deepest module call shared by all
+their tagged neighbours, marked ``inferred``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def fx_module_stacks(program: torch.export.ExportedProgram, modules: Mapping[str
     """Maps each FX node name to the chain of module calls that produced it."""
     stacks: dict[str, Stack] = {}
     for fx_node in program.graph.nodes:
+        if fx_node.op != "call_function":
+            continue
         entries = fx_node.meta.get("nn_module_stack") or {}
         stack = list(_ROOT)
         for key, (path, _cls) in entries.items():
@@ -81,14 +84,21 @@ class TagNodesPass(ir.passes.InPlacePass):
                 raise ir.passes.PostconditionError(f"Node {node.name!r} ({node.op_type}) has no hierarchy tag")
 
     def _traced_stack(self, node: ir.Node) -> Stack | None:
+        """The module calls of the FX node this node was lowered from, if that can be told."""
+        schema.replace_empty_stack_marker(node, self.modules[""].qualified_cls)
         scopes = schema.read_torch_name_scopes(node)
-        if not scopes:
-            return None
-        stack = self.fx_stacks.get(scopes[-1])
-        if stack is not None:
-            return stack
-        # An FX node unknown to the program: keep torch's own scopes, which lack call numbers.
-        return _ROOT + tuple((path, 0) for path in scopes[1:-1] if path in self.modules)
+        if scopes:
+            stack = self.fx_stacks.get(scopes[-1])
+            if stack is not None:
+                return stack
+            # An FX node unknown to the program: keep torch's own scopes, which lack call numbers.
+            return _ROOT + tuple((path, 0) for path in scopes[1:-1] if path in self.modules)
+        # Rewrites (Slices fused into a Split) drop metadata but keep the FX node's name in the outputs.
+        for value in node.outputs:
+            fx_name = _fx_name_prefix(value.name or "", self.fx_stacks)
+            if fx_name is not None:
+                return self.fx_stacks[fx_name]
+        return None
 
     def _write(self, node: ir.Node, stack: Stack, source: TagSource) -> None:
         path, call = stack[-1]
@@ -116,6 +126,16 @@ class TagNodesPass(ir.passes.InPlacePass):
         parts = [f"{path}: {self.modules[path].qualified_cls}" for path, _ in stack]
         parts.append(f"{node.name}: {node.op_type}")
         return "/".join(parts)
+
+
+def _fx_name_prefix(value_name: str, fx_stacks: Mapping[str, Stack]) -> str | None:
+    """The FX node a value was named after: the whole name, or its longest prefix ending before ``_``."""
+    end = len(value_name)
+    while end > 0:
+        if value_name[:end] in fx_stacks:
+            return value_name[:end]
+        end = value_name.rfind("_", 0, end)
+    return None
 
 
 def _infer_stacks(nodes: Sequence[ir.Node], stacks: dict[ir.Node, Stack]) -> None:

@@ -35,6 +35,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "SOURCE_KEY",
     "TAG_KEY",
+    "TORCH_CLASS_HIERARCHY_KEY",
+    "TORCH_EMPTY_STACK_MARKER",
     "TORCH_NAME_SCOPES_KEY",
     "TORCH_STACK_TRACE_KEY",
     "VERSION_KEY",
@@ -44,6 +46,7 @@ __all__ = [
     "NodeTag",
     "TagSource",
     "class_path",
+    "replace_empty_stack_marker",
     "modules_by_path",
     "read_export_record",
     "read_modules",
@@ -68,6 +71,10 @@ EXPORT_KEY = "hierarchy.export"
 
 TORCH_NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 TORCH_STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+TORCH_CLASS_HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
+# torch.export's passes give nodes they create from a module-less input (a graph input's shape) this
+# placeholder as their module stack; such nodes ran in the root module's forward.
+TORCH_EMPTY_STACK_MARKER = "_empty_nn_module_stack_from_metadata_hook"
 
 _NODE_KEYS = (MODULE_KEY, CLASS_KEY, TAG_KEY, CALL_KEY, SOURCE_KEY)
 
@@ -251,6 +258,23 @@ def read_torch_name_scopes(node: ir.Node) -> list[str] | None:
         return None
     scopes = ast.literal_eval(raw)
     return [str(s) for s in scopes] if isinstance(scopes, list) else None
+
+
+def replace_empty_stack_marker(node: ir.Node, root_qualified_cls: str) -> None:
+    """Puts a node that torch marked with the empty-stack placeholder in the root, as torch writes root nodes."""
+    props = node.metadata_props
+    if TORCH_EMPTY_STACK_MARKER not in props.get(TORCH_NAME_SCOPES_KEY, ""):
+        return
+    for key, root in ((TORCH_NAME_SCOPES_KEY, ""), (TORCH_CLASS_HIERARCHY_KEY, root_qualified_cls)):
+        if key in props:
+            entries = ast.literal_eval(props[key])
+            props[key] = repr([root if e == TORCH_EMPTY_STACK_MARKER else e for e in entries])
+    if NAMESPACE_KEY in props:
+        marker = f"{TORCH_EMPTY_STACK_MARKER}: {TORCH_EMPTY_STACK_MARKER}"
+        root_part = f": {root_qualified_cls}"
+        props[NAMESPACE_KEY] = "/".join(
+            root_part if p == marker else p for p in props[NAMESPACE_KEY].split("/")
+        )
 
 
 def class_path(path: str, modules: Mapping[str, ModuleRecord]) -> str:

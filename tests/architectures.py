@@ -1,0 +1,42 @@
+"""Tiny configurations, one per architecture the tests cover: model_type -> config overrides.
+
+Every entry is small enough to export in seconds on two CPU cores. ``REQUIRED`` lists the architectures
+the export issue names; a guard test fails when one of them has no entry here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import transformers
+
+_TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37, "vocab_size": 99}
+
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "bert": dict(_TEXT),
+    "distilbert": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 37, "vocab_size": 99},
+    "albert": {**_TEXT, "num_hidden_layers": 3, "embedding_size": 16},
+    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 2, "vocab_size": 99, "n_positions": 64},
+    "llama": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64},
+    "t5": {"d_model": 32, "d_kv": 8, "d_ff": 37, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 2,
+           "vocab_size": 99, "relative_attention_num_buckets": 8},
+    "whisper": {"d_model": 32, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 2,
+                "decoder_attention_heads": 2, "encoder_ffn_dim": 37, "decoder_ffn_dim": 37, "num_mel_bins": 16,
+                "max_source_positions": 16, "max_target_positions": 32, "vocab_size": 99,
+                "decoder_start_token_id": 1, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
+    "vit": {**_TEXT, "image_size": 32, "patch_size": 8, "num_channels": 3},
+    "resnet": {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "num_channels": 3},
+    "clip": {
+        "text_config": {**_TEXT, "max_position_embeddings": 32, "projection_dim": 16},
+        "vision_config": {**_TEXT, "image_size": 32, "patch_size": 8, "projection_dim": 16},
+        "projection_dim": 16,
+    },
+}
+
+# Architectures the export issue requires, by modality: text, decoder, encoder-decoder, vision, audio, multimodal.
+REQUIRED = ("bert", "distilbert", "albert", "gpt2", "llama", "t5", "whisper", "vit", "resnet", "clip")
+
+
+def tiny_config(model_type: str) -> transformers.PretrainedConfig:
+    """Builds the tiny config of ``model_type``."""
+    return transformers.AutoConfig.for_model(model_type, **TINY_CONFIGS[model_type])
