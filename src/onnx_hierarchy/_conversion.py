@@ -14,7 +14,7 @@ import torch.utils._pytree as pytree
 
 from onnx_hierarchy._inputs import ModelInputs
 from onnx_hierarchy._module_tree import count_calls
-from onnx_hierarchy.errors import ConversionError, TraceError
+from onnx_hierarchy.errors import ConversionError, TraceError, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +47,12 @@ def trace(model: torch.nn.Module, inputs: ModelInputs, *, dynamic: bool) -> Trac
         try:
             return _trace_once(model, inputs, dims)
         except Exception as error:  # torch.export raises many types; each means "not with these shapes"
-            fallback_reason = f"dynamic axes could not be traced ({_first_line(error)})"
+            fallback_reason = f"dynamic axes could not be traced ({summarize(error)})"
             logger.warning("%s; exporting with static shapes", fallback_reason)
     try:
         traced = _trace_once(model, inputs, None)
     except Exception as error:
-        raise TraceError(f"torch.export could not trace {type(model).__name__}: {_first_line(error)}") from error
+        raise TraceError(f"torch.export could not trace {type(model).__name__}: {summarize(error)}") from error
     return TracedModel(traced.program, traced.calls, False, fallback_reason)
 
 
@@ -64,21 +64,17 @@ def _trace_once(
     return TracedModel(program, calls, dims is not None, None)
 
 
-def convert(
-    traced: TracedModel, inputs: ModelInputs, *, opset: int | None, optimize: bool
-) -> torch.onnx.ONNXProgram:
+def convert(traced: TracedModel, inputs: ModelInputs, *, opset: int | None, optimize: bool) -> torch.onnx.ONNXProgram:
     """Converts the traced program to ONNX, naming outputs after the model's output fields and
     dynamic axes after ``inputs.dynamic_axes``.
 
     Raises:
         ConversionError: torch.onnx has no translation for an operator, or the translation fails.
     """
-    axis_names = (
-        {name: inputs.dynamic_axes.get(name) or None for name in inputs.tensors} if traced.dynamic else None
-    )
+    axis_names = {name: inputs.dynamic_axes.get(name) or None for name in inputs.tensors} if traced.dynamic else None
     try:
         with quiet():
-            return torch.onnx.export(
+            program = torch.onnx.export(
                 traced.program,
                 (),
                 dynamic_shapes=axis_names,
@@ -89,7 +85,10 @@ def convert(
                 verbose=False,
             )
     except Exception as error:  # torch.onnx wraps translation failures in several types
-        raise ConversionError(f"torch.onnx could not convert the traced program: {_first_line(error)}") from error
+        raise ConversionError(f"torch.onnx could not convert the traced program: {summarize(error)}") from error
+    if program is None or program.exported_program is None:
+        raise ConversionError("torch.onnx returned no program")
+    return program
 
 
 def output_names(program: torch.export.ExportedProgram) -> list[str]:
@@ -125,8 +124,3 @@ def quiet() -> Iterator[None]:
         finally:
             for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

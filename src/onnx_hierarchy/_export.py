@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,9 +170,14 @@ def export(
 
     with clock("tag"):
         modules = _module_tree.module_records(torch_model, traced.calls)
-        stacks = _tagging.fx_module_stacks(onnx_program.exported_program, schema.modules_by_path(modules))
+        stacks = _tagging.fx_module_stacks(
+            onnx_program.exported_program,  # type: ignore[arg-type]
+            schema.modules_by_path(modules),
+        )
         _tagging.TagNodesPass(stacks, modules, keep_stack_traces=keep_stack_traces)(onnx_model)
-        record = _export_record(source, task_name, model_class, weights, seed, inputs, onnx_model, traced, structure_only)
+        record = _export_record(
+            source, task_name, model_class, weights, seed, inputs, onnx_model, traced, structure_only
+        )
         schema.write_model_metadata(onnx_model, modules, record)
         module_nodes, traced_count = _count_tags(onnx_model)
         nodes = sum(module_nodes.values())
@@ -187,9 +192,7 @@ def export(
     check_result = None
     if check and not structure_only:
         with clock("check"):
-            check_result = compare_with_torch(
-                output, torch_model, inputs.tensors, record.outputs, atol
-            )
+            check_result = compare_with_torch(output, torch_model, inputs.tensors, record.outputs, atol)
 
     return ExportResult(
         output=output,
@@ -228,7 +231,7 @@ class _StageClock:
 def _export_record(
     source: _source.ModelSource,
     task: str,
-    model_class: type,
+    model_class: _source.ModelClass,
     weights: str,
     seed: int,
     inputs: _inputs.ModelInputs,
@@ -293,8 +296,13 @@ def _sidecar(model: ir.Model, modules: list[ModuleRecord], record: ExportRecord)
         tag = schema.read_node_tag(node)
         if tag is not None:
             nodes.append(
-                {"name": node.name, "op_type": node.op_type, "module": tag.module, "call": tag.call,
-                 "source": tag.source.value}
+                {
+                    "name": node.name,
+                    "op_type": node.op_type,
+                    "module": tag.module,
+                    "call": tag.call,
+                    "source": tag.source.value,
+                }
             )
     return {
         schema.VERSION_KEY: schema.SCHEMA_VERSION,
@@ -302,4 +310,3 @@ def _sidecar(model: ir.Model, modules: list[ModuleRecord], record: ExportRecord)
         schema.EXPORT_KEY: record.to_json(),
         "nodes": nodes,
     }
-

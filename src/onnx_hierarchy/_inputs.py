@@ -70,13 +70,13 @@ def generate_inputs(model: torch.nn.Module, shapes: InputShapes) -> ModelInputs:
     Raises:
         InputSpecError: ``forward`` requires an input this module cannot generate.
     """
-    config = model.config
+    config: Any = model.config
     accepted = _forward_parameters(model)
     generator = torch.Generator().manual_seed(0)
     batch, seq = shapes.batch_size, shapes.sequence_length
     tensors: dict[str, torch.Tensor] = {}
     axes: dict[str, dict[int, str]] = {}
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text_config: Any = config.get_text_config() if hasattr(config, "get_text_config") else config
     vocab_size = getattr(text_config, "vocab_size", None)
 
     if "input_ids" in accepted and vocab_size:
@@ -112,7 +112,7 @@ def generate_inputs(model: torch.nn.Module, shapes: InputShapes) -> ModelInputs:
             f"cannot generate dummy inputs for {type(model).__name__}: forward needs {what}; "
             "describe the inputs with --input-spec FILE.json"
         )
-    return ModelInputs(tensors, axes)
+    return _in_signature_order(ModelInputs(tensors, axes), accepted)
 
 
 def apply_input_spec(inputs: ModelInputs, path: Path, model: torch.nn.Module) -> ModelInputs:
@@ -145,12 +145,12 @@ def apply_input_spec(inputs: ModelInputs, path: Path, model: torch.nn.Module) ->
             axes.pop(name, None)
             continue
         tensors[name], axes[name] = _tensor_from_spec(name, entry, generator)
-    return ModelInputs(tensors, {k: v for k, v in axes.items() if k in tensors})
+    return _in_signature_order(ModelInputs(tensors, {k: v for k, v in axes.items() if k in tensors}), accepted)
 
 
 def _tensor_from_spec(name: str, entry: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[int, str]]:
     if not isinstance(entry, Mapping) or "shape" not in entry:
-        raise InputSpecError(f"input spec for {name!r} needs a \"shape\" list")
+        raise InputSpecError(f'input spec for {name!r} needs a "shape" list')
     shape = entry["shape"]
     if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
         raise InputSpecError(f"input spec for {name!r}: shape must be a list of positive integers, got {shape!r}")
@@ -172,6 +172,14 @@ def _tensor_from_spec(name: str, entry: Any, generator: torch.Generator) -> tupl
     except (AttributeError, ValueError) as error:
         raise InputSpecError(f"input spec for {name!r}: dynamic_axes must map axis numbers to names") from error
     return tensor, dynamic
+
+
+def _in_signature_order(inputs: ModelInputs, accepted: Mapping[str, bool]) -> ModelInputs:
+    """torch.export matches dynamic shapes to keyword inputs only in ``forward``'s parameter order."""
+    order = [name for name in accepted if name in inputs.tensors]
+    return ModelInputs(
+        {n: inputs.tensors[n] for n in order}, {n: inputs.dynamic_axes[n] for n in order if n in inputs.dynamic_axes}
+    )
 
 
 def _forward_parameters(model: torch.nn.Module) -> dict[str, bool]:
@@ -196,5 +204,5 @@ def _feature_geometry(config: Any, sequence_length: int) -> tuple[int, int]:
     """Spectrogram shape after the batch axis: Whisper-style (mels, frames) or (frames, features)."""
     if hasattr(config, "num_mel_bins") and hasattr(config, "max_source_positions"):
         return config.num_mel_bins, 2 * config.max_source_positions
-    features = getattr(config, "feature_size", None) or getattr(config, "input_feat_per_channel", 80)
+    features: int = getattr(config, "feature_size", None) or getattr(config, "input_feat_per_channel", 80)
     return sequence_length * 4, features

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import transformers
 
-from onnx_hierarchy.errors import ModelSourceError, TaskError
+from onnx_hierarchy.errors import ModelSourceError, TaskError, summarize
 
 # optimum-cli's task names, each with the Auto classes that build its head, tried in order.
 TASKS: dict[str, tuple[str, ...]] = {
@@ -34,6 +34,8 @@ TASKS: dict[str, tuple[str, ...]] = {
     "zero-shot-image-classification": ("AutoModelForZeroShotImageClassification",),
 }
 TASK_ALIASES = {"causal-lm": "text-generation", "seq2seq-lm": "text2text-generation", "default": "feature-extraction"}
+
+ModelClass = type[transformers.PreTrainedModel]
 
 _WEIGHT_FILES = (
     "model.safetensors",
@@ -100,14 +102,14 @@ def _load_local_config(config_file: Path) -> transformers.PretrainedConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelSourceError(f"{config_file}: not valid JSON ({error})") from error
     if not isinstance(data, dict) or "model_type" not in data:
-        raise ModelSourceError(f"{config_file}: no \"model_type\" key; is this a Hugging Face config.json?")
+        raise ModelSourceError(f'{config_file}: no "model_type" key; is this a Hugging Face config.json?')
     model_type = data.pop("model_type")
     try:
         return transformers.AutoConfig.for_model(model_type, **data)
     except (ValueError, KeyError, TypeError) as error:
         raise ModelSourceError(
             f"{config_file}: transformers {transformers.__version__} cannot build a config of "
-            f"model_type {model_type!r}: {_first_line(error)}"
+            f"model_type {model_type!r}: {summarize(error)}"
         ) from error
 
 
@@ -116,16 +118,16 @@ def _load_hub_config(repo_id: str) -> transformers.PretrainedConfig:
         return transformers.AutoConfig.from_pretrained(repo_id)
     except OSError as error:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        reason = "HF_HUB_OFFLINE is set" if offline else _first_line(error)
+        reason = "HF_HUB_OFFLINE is set" if offline else summarize(error)
         raise ModelSourceError(
             f"{repo_id}: not a local path and not fetchable from the Hugging Face Hub ({reason}); "
             "pass a local checkpoint folder, or go online and unset HF_HUB_OFFLINE"
         ) from error
     except ValueError as error:
-        raise ModelSourceError(f"{repo_id}: {_first_line(error)}") from error
+        raise ModelSourceError(f"{repo_id}: {summarize(error)}") from error
 
 
-def resolve_model_class(config: transformers.PretrainedConfig, task: str | None) -> tuple[str, type]:
+def resolve_model_class(config: transformers.PretrainedConfig, task: str | None) -> tuple[str, ModelClass]:
     """Picks the class to export: ``(task name, class)``.
 
     Without a task, the config's first architecture when transformers has that class, else the base
@@ -137,7 +139,7 @@ def resolve_model_class(config: transformers.PretrainedConfig, task: str | None)
     if task is None:
         for name in config.architectures or ():
             cls = getattr(transformers, name, None)
-            if isinstance(cls, type):
+            if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
                 return "default", cls
         return "feature-extraction", _auto_class("feature-extraction", config)
     task = TASK_ALIASES.get(task, task)
@@ -146,20 +148,16 @@ def resolve_model_class(config: transformers.PretrainedConfig, task: str | None)
     cls = getattr(transformers, task, None)
     if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
         if cls.config_class is not None and not isinstance(config, cls.config_class):
-            raise TaskError(
-                f"{task} expects a {cls.config_class.__name__}, but the model is {type(config).__name__}"
-            )
+            raise TaskError(f"{task} expects a {cls.config_class.__name__}, but the model is {type(config).__name__}")
         return task, cls
-    raise TaskError(
-        f"unknown task {task!r}; use one of {', '.join(sorted(TASKS))}, or a transformers class name"
-    )
+    raise TaskError(f"unknown task {task!r}; use one of {', '.join(sorted(TASKS))}, or a transformers class name")
 
 
-def _auto_class(task: str, config: transformers.PretrainedConfig) -> type:
+def _auto_class(task: str, config: transformers.PretrainedConfig) -> ModelClass:
     for auto_name in TASKS[task]:
         auto = getattr(transformers, auto_name)
         try:
-            return auto._model_mapping[type(config)]  # type: ignore[no-any-return]
+            return auto._model_mapping[type(config)]
         except KeyError:
             continue
     raise TaskError(f"task {task!r} has no model class for model_type {config.model_type!r}")
@@ -167,7 +165,7 @@ def _auto_class(task: str, config: transformers.PretrainedConfig) -> type:
 
 def build_model(
     source: ModelSource,
-    model_class: type,
+    model_class: ModelClass,
     *,
     structure_only: bool,
     seed: int,
@@ -179,21 +177,26 @@ def build_model(
     """
     config = source.config
     kwargs: dict[str, Any] = {"attn_implementation": "eager"}
-    if structure_only:
-        with torch.device("meta"):
-            model = model_class._from_config(config, **kwargs)
-        weights = "none"
-    elif source.has_weights:
+    if source.has_weights and not structure_only:
         try:
             model = model_class.from_pretrained(source.location, dtype=torch.float32, **kwargs)
         except (OSError, ValueError) as error:
-            raise ModelSourceError(f"{source.spec}: cannot load weights: {_first_line(error)}") from error
-        weights = "pretrained"
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = model_class._from_config(config, **kwargs)
-        weights = "random"
+            raise ModelSourceError(f"{source.spec}: cannot load weights: {summarize(error)}") from error
+        return model.eval(), "pretrained"
+    try:
+        if structure_only:
+            with torch.device("meta"):
+                model = model_class._from_config(config, **kwargs)
+            weights = "none"
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = model_class._from_config(config, **kwargs)
+            weights = "random"
+    except Exception as error:  # a config transformers accepts can still fail in any layer's constructor
+        raise ModelSourceError(
+            f"{source.spec}: transformers cannot build {model_class.__name__} from this config: {summarize(error)}"
+        ) from error
     return model.eval(), weights
 
 
@@ -227,8 +230,3 @@ def _configs(config: Any) -> list[Any]:
         if sub is not None:
             found.append(sub)
     return found
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

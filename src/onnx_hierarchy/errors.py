@@ -43,3 +43,9 @@ class TraceError(HierarchyError):
 
 class ConversionError(HierarchyError):
     """torch.onnx could not convert the traced program to ONNX."""
+
+
+def summarize(error: BaseException) -> str:
+    """``Type: first line of the message``: enough to name what failed in a one-line error."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

@@ -46,12 +46,12 @@ __all__ = [
     "NodeTag",
     "TagSource",
     "class_path",
-    "replace_empty_stack_marker",
     "modules_by_path",
     "read_export_record",
     "read_modules",
     "read_node_tag",
     "read_torch_name_scopes",
+    "replace_empty_stack_marker",
     "write_model_metadata",
     "write_node_tag",
 ]
@@ -202,7 +202,11 @@ class ExportRecord:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["inputs"] = [
-            {**asdict(item), "shape": list(item.shape), "dynamic_axes": {str(k): v for k, v in item.dynamic_axes.items()}}
+            {
+                **asdict(item),
+                "shape": list(item.shape),
+                "dynamic_axes": {str(k): v for k, v in item.dynamic_axes.items()},
+            }
             for item in self.inputs
         ]
         data["outputs"] = list(self.outputs)
@@ -272,9 +276,7 @@ def replace_empty_stack_marker(node: ir.Node, root_qualified_cls: str) -> None:
     if NAMESPACE_KEY in props:
         marker = f"{TORCH_EMPTY_STACK_MARKER}: {TORCH_EMPTY_STACK_MARKER}"
         root_part = f": {root_qualified_cls}"
-        props[NAMESPACE_KEY] = "/".join(
-            root_part if p == marker else p for p in props[NAMESPACE_KEY].split("/")
-        )
+        props[NAMESPACE_KEY] = "/".join(root_part if p == marker else p for p in props[NAMESPACE_KEY].split("/"))
 
 
 def class_path(path: str, modules: Mapping[str, ModuleRecord]) -> str:

@@ -26,8 +26,11 @@ if TYPE_CHECKING:
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--sequence-length", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=1), help="Image height and width. Default: from the config.")
-@click.option("--input-spec", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JSON file overriding the generated inputs (see docs/usage.md).")
+@click.option(
+    "--input-spec",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON file overriding the generated inputs (see docs/usage.md).",
+)
 @click.option("--static", is_flag=True, help="Export all axes static (default: batch and sequence dynamic).")
 @click.option("--opset", type=click.IntRange(min=18), help="ONNX opset. Default: torch.onnx's.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random weights.")
@@ -89,6 +92,7 @@ def _progress_printer(out: Output) -> Callable[[StageEvent], None]:
     def report(event: StageEvent) -> None:
         if event.seconds is not None:
             out.progress(f"[green]✓[/] {event.stage:<8} {event.seconds:6.2f} s")
+
     return report
 
 
@@ -104,9 +108,7 @@ def _render(result: ExportResult, show_tree: bool) -> Group:
     summary.add_row("dynamic axes", ", ".join(axes) if axes else "none (static)")
     if result.check is not None:
         verdict = "[green]ok[/]" if result.check.passed else "[red]over tolerance[/]"
-        summary.add_row(
-            "check", f"max abs diff {result.check.max_abs_diff:.2e} (atol {result.check.atol:g}) {verdict}"
-        )
+        summary.add_row("check", f"max abs diff {result.check.max_abs_diff:.2e} (atol {result.check.atol:g}) {verdict}")
     elif record.structure_only:
         summary.add_row("check", "skipped: structure-only export has no weights")
     else:

@@ -11,9 +11,7 @@ from rich.tree import Tree
 from onnx_hierarchy.schema import ModuleRecord
 
 
-def module_tree(
-    modules: Sequence[ModuleRecord], own_nodes: Mapping[str, int], *, expand: bool = False
-) -> Tree:
+def module_tree(modules: Sequence[ModuleRecord], own_nodes: Mapping[str, int], *, expand: bool = False) -> Tree:
     """Builds a rich tree: class, nodes (with descendants), parameters and calls of each module.
 
     Numbered siblings of one class and the same node count (``layer.0`` … ``layer.31``) show as one
