@@ -16,7 +16,15 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "bert": dict(_TEXT),
     "distilbert": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 37, "vocab_size": 99},
     "albert": {**_TEXT, "num_hidden_layers": 3, "embedding_size": 16},
-    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 2, "vocab_size": 99, "n_positions": 64},
+    "gpt2": {
+        "n_embd": 32,
+        "n_layer": 2,
+        "n_head": 2,
+        "vocab_size": 99,
+        "n_positions": 64,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    },
     "llama": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64},
     "t5": {
         "d_model": 32,
@@ -48,7 +56,14 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "vit": {**_TEXT, "image_size": 32, "patch_size": 8, "num_channels": 3},
     "resnet": {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "num_channels": 3},
     "clip": {
-        "text_config": {**_TEXT, "max_position_embeddings": 32, "projection_dim": 16},
+        "text_config": {
+            **_TEXT,
+            "max_position_embeddings": 32,
+            "projection_dim": 16,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 0,
+        },
         "vision_config": {**_TEXT, "image_size": 32, "patch_size": 8, "projection_dim": 16},
         "projection_dim": 16,
     },

@@ -59,8 +59,10 @@ def trace(model: torch.nn.Module, inputs: ModelInputs, *, dynamic: bool) -> Trac
 def _trace_once(
     model: torch.nn.Module, inputs: ModelInputs, dims: dict[str, dict[int, object] | None] | None
 ) -> TracedModel:
+    # Fresh tensors: a failed dynamic attempt leaves its dynamic-dimension marks on the ones it was given.
+    tensors = {name: tensor.clone() for name, tensor in inputs.tensors.items()}
     with quiet(), count_calls(model) as calls:
-        program = torch.export.export(model, (), dict(inputs.tensors), dynamic_shapes=dims, strict=False)
+        program = torch.export.export(model, (), tensors, dynamic_shapes=dims, strict=False)
     return TracedModel(program, calls, dims is not None, None)
 
 

@@ -85,7 +85,8 @@ def generate_inputs(model: torch.nn.Module, shapes: InputShapes) -> ModelInputs:
         if "attention_mask" in accepted:
             tensors["attention_mask"] = torch.ones(batch, seq, dtype=torch.int64)
             axes["attention_mask"] = {0: "batch", 1: "sequence"}
-        if "token_type_ids" in accepted and getattr(text_config, "type_vocab_size", 0):
+        type_vocab_size = getattr(text_config, "type_vocab_size", None)
+        if "token_type_ids" in accepted and type_vocab_size:
             tensors["token_type_ids"] = torch.zeros(batch, seq, dtype=torch.int64)
             axes["token_type_ids"] = {0: "batch", 1: "sequence"}
     if "pixel_values" in accepted:
@@ -204,5 +205,5 @@ def _feature_geometry(config: Any, sequence_length: int) -> tuple[int, int]:
     """Spectrogram shape after the batch axis: Whisper-style (mels, frames) or (frames, features)."""
     if hasattr(config, "num_mel_bins") and hasattr(config, "max_source_positions"):
         return config.num_mel_bins, 2 * config.max_source_positions
-    features: int = getattr(config, "feature_size", None) or getattr(config, "input_feat_per_channel", 80)
-    return sequence_length * 4, features
+    features = getattr(config, "feature_size", None) or getattr(config, "input_feat_per_channel", None)
+    return sequence_length * 4, int(features or 80)

@@ -64,22 +64,23 @@ def export_command(
     from onnx_hierarchy._inputs import InputShapes
 
     out = Output(fmt)
-    result = export(
-        model,
-        output,
-        task=task,
-        structure_only=structure_only,
-        shapes=InputShapes(batch_size, sequence_length, image_size),
-        input_spec=input_spec,
-        dynamic=not static,
-        opset=opset,
-        seed=seed,
-        check=not no_check,
-        atol=atol,
-        keep_stack_traces=keep_stack_traces,
-        sidecar=sidecar,
-        progress=_progress_printer(out),
-    )
+    with out.status("loading the model") as update:
+        result = export(
+            model,
+            output,
+            task=task,
+            structure_only=structure_only,
+            shapes=InputShapes(batch_size, sequence_length, image_size),
+            input_spec=input_spec,
+            dynamic=not static,
+            opset=opset,
+            seed=seed,
+            check=not no_check,
+            atol=atol,
+            keep_stack_traces=keep_stack_traces,
+            sidecar=sidecar,
+            progress=_progress_reporter(update),
+        )
     for warning in result.warnings:
         out.warning(warning)
     out.result(_render(result, show_tree), result.to_json())
@@ -88,10 +89,24 @@ def export_command(
     return EXIT_OK
 
 
-def _progress_printer(out: Output) -> Callable[[StageEvent], None]:
+_STAGE_MESSAGES = {
+    "load": "loading the model",
+    "trace": "tracing with torch.export",
+    "convert": "converting to ONNX",
+    "tag": "tagging nodes with their modules",
+    "save": "writing",
+    "check": "comparing ONNX Runtime with PyTorch",
+}
+
+
+def _progress_reporter(update: Callable[[str], None]) -> Callable[[StageEvent], None]:
+    done: list[str] = []
+
     def report(event: StageEvent) -> None:
-        if event.seconds is not None:
-            out.progress(f"[green]✓[/] {event.stage:<8} {event.seconds:6.2f} s")
+        if event.seconds is None:
+            update(" · ".join([*done, f"[bold]{_STAGE_MESSAGES.get(event.stage, event.stage)}…[/]"]))
+        else:
+            done.append(f"{event.stage} {event.seconds:.1f} s ✓")
 
     return report
 
@@ -106,6 +121,7 @@ def _render(result: ExportResult, show_tree: bool) -> Group:
     axes = sorted({name for i in record.inputs for name in i.dynamic_axes.values()})
     summary.add_row("inputs", ", ".join(f"{i.name}{list(i.shape)}" for i in record.inputs))
     summary.add_row("dynamic axes", ", ".join(axes) if axes else "none (static)")
+    summary.add_row("time", " · ".join(f"{s.stage} {s.seconds:.1f} s" for s in result.stages))
     if result.check is not None:
         verdict = "[green]ok[/]" if result.check.passed else "[red]over tolerance[/]"
         summary.add_row("check", f"max abs diff {result.check.max_abs_diff:.2e} (atol {result.check.atol:g}) {verdict}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console, RenderableType
@@ -15,8 +17,8 @@ class Output:
 
     def __init__(self, format: str = "text") -> None:
         self.format = format
-        self.out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
-        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self.out = _console(sys.stdout)
+        self.err = _console(sys.stderr)
 
     @property
     def is_json(self) -> bool:
@@ -29,8 +31,18 @@ class Output:
         else:
             self.out.print(human)
 
-    def progress(self, message: str) -> None:
-        self.err.print(message)
+    @contextlib.contextmanager
+    def status(self, message: str) -> Iterator[Callable[[str], None]]:
+        """Shows a transient status line on an interactive stderr; yields a function that updates it.
+
+        Nothing stays on screen afterwards, so a failure still ends in exactly one ``ERROR:`` line, and
+        logs and pipes get no spinner frames.
+        """
+        if not self.err.is_terminal:
+            yield lambda _message: None
+            return
+        with self.err.status(message) as status:
+            yield status.update
 
     def warning(self, message: str) -> None:
         self.err.print(f"[yellow]warning:[/] {escape(message)}")
@@ -38,7 +50,15 @@ class Output:
 
 def error_line(message: str, hint: str | None = None) -> None:
     """Prints the one line a failure gets, on stderr, plus an optional hint."""
-    console = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+    console = _console(sys.stderr)
     console.print(f"[bold red]ERROR:[/] {escape(message)}")
     if hint:
         console.print(f"[dim]{escape(hint)}[/]")
+
+
+def _console(file: Any) -> Console:
+    """A console that does not crop trees and tables to 80 columns when writing to a file or pipe."""
+    console = Console(file=file, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    return console

@@ -29,7 +29,7 @@ def module_tree(modules: Sequence[ModuleRecord], own_nodes: Mapping[str, int], *
         return totals[path]
 
     root = next(m for m in modules if m.parent is None)
-    tree = Tree(_label(root.cls, root, total(root.path)))
+    tree = Tree(_label("", root, total(root.path)))
 
     def add(branch: Tree, path: str) -> None:
         kids = children[path]
@@ -62,7 +62,8 @@ def _numbered(record: ModuleRecord) -> bool:
 
 
 def _label(name: str, record: ModuleRecord, nodes: int) -> str:
-    parts = [f"[bold]{escape(name)}[/] [cyan]{escape(record.cls)}[/]", f"{nodes} nodes"]
+    head = f"[bold]{escape(name)}[/] [cyan]{escape(record.cls)}[/]" if name else f"[bold cyan]{escape(record.cls)}[/]"
+    parts = [head, f"{nodes} node" if nodes == 1 else f"{nodes} nodes"]
     if record.parameters_total:
         parts.append(f"{record.parameters_total:,} params")
     if record.calls > 1:

@@ -1,0 +1,107 @@
+"""The command line: results on stdout, one ERROR line and exit code 2 for bad input, nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from onnx_hierarchy.cli import main
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_export_json_output(
+    config_dir: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "m.onnx"
+    code, out, err = _run(["export", str(config_dir("resnet")), str(output), "--format", "json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["output"] == str(output) and output.exists()
+    assert data["nodes"] == data["traced"] + data["inferred"] > 0
+    assert data["check"]["passed"] is True
+    assert "random weights (seed 0)" in err
+
+
+def test_export_text_output_with_tree(
+    config_dir: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(["export", str(config_dir("albert")), str(tmp_path / "m.onnx"), "--tree"], capsys)
+    assert code == 0
+    assert "AlbertModel" in out and "3 calls" in out and "traced" in out
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+BAD_INPUTS: dict[str, tuple[Callable[[Path, Callable[[str], Path]], list[str]], str]] = {
+    "missing path": (lambda tmp, cfg: [str(tmp / "nope"), str(tmp / "out.onnx")], "no such file or folder"),
+    "folder without config": (lambda tmp, cfg: [str(tmp), str(tmp / "out.onnx")], "has no config.json"),
+    "corrupt config": (
+        lambda tmp, cfg: [str(_write(tmp / "bad" / "config.json", "{")), str(tmp / "out.onnx")],
+        "not valid JSON",
+    ),
+    "unknown task": (
+        lambda tmp, cfg: [str(cfg("bert")), str(tmp / "out.onnx"), "--task", "summarise"],
+        "unknown task",
+    ),
+    "unwritable output": (
+        lambda tmp, cfg: [str(cfg("bert")), str(tmp / "no" / "dir" / "out.onnx")],
+        "does not exist",
+    ),
+    "hub offline": (lambda tmp, cfg: ["org/model", str(tmp / "out.onnx")], "HF_HUB_OFFLINE"),
+    "untraceable model": (
+        lambda tmp, cfg: [
+            str(cfg("bert")),
+            str(tmp / "out.onnx"),
+            "--input-spec",
+            str(_write(tmp / "spec.json", json.dumps({"input_ids": {"shape": [1, 600]}}))),
+        ],
+        "torch.export could not trace BertModel",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_nothing_written(
+    case: str, config_dir: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_args, message = BAD_INPUTS[case]
+    args = make_args(tmp_path, config_dir)
+    before = {p for p in tmp_path.rglob("*")}
+    code, out, err = _run(["export", *args], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ERROR: "), err
+    assert message in lines[0]
+    assert "Traceback" not in err and out == ""
+    assert not any(p.suffix == ".onnx" for p in set(tmp_path.rglob("*")) - before)
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["export", str(tmp_path / "nope"), str(tmp_path / "o.onnx"), "--debug"], capsys)
+    assert code == 2 and "Traceback" in err and "ERROR:" in err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["export", "--batch-size", "0", "a", "b.onnx"], capsys)
+    assert code == 2 and "batch-size" in err
+
+
+def test_help_does_not_import_torch() -> None:
+    probe = "import sys; from onnx_hierarchy.cli import main; main(['--help']); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().endswith("False")
+    assert "export" in done.stdout

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny models exported once per session, and an offline Hub."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test touches the network; set before huggingface_hub reads it
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx_ir as ir
+import pytest
+
+from architectures import tiny_config
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A tiny model's config folder, its export, and the ONNX model as onnx-ir loads it."""
+
+    config_dir: Path
+    result: object
+    model: ir.Model
+
+
+@pytest.fixture(scope="session")
+def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Returns a folder holding only the tiny config.json of a model type."""
+    made: dict[str, Path] = {}
+
+    def make(model_type: str) -> Path:
+        if model_type not in made:
+            folder = tmp_path_factory.mktemp(f"config-{model_type}")
+            tiny_config(model_type).save_pretrained(folder)
+            made[model_type] = folder
+        return made[model_type]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory, config_dir: Callable[[str], Path]) -> Callable[[str], Exported]:
+    """Exports a tiny model of a model type once per session (random weights, seed 0, checked)."""
+    import onnx_hierarchy
+
+    cache: dict[str, Exported] = {}
+
+    def get(model_type: str) -> Exported:
+        if model_type not in cache:
+            output = tmp_path_factory.mktemp(f"onnx-{model_type}") / "model.onnx"
+            result = onnx_hierarchy.export(config_dir(model_type), output, sidecar=True)
+            cache[model_type] = Exported(config_dir(model_type), result, ir.load(output))
+        return cache[model_type]
+
+    return get

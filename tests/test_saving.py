@@ -1,0 +1,56 @@
+"""Writes are atomic, and weights past the protobuf limit go to external data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from onnx_hierarchy import _saving
+from onnx_hierarchy.errors import OutputError
+
+
+def _model() -> ir.Model:
+    x = ir.Value(name="x", shape=ir.Shape([4]), type=ir.TensorType(ir.DataType.FLOAT))
+    weight = ir.Value(name="w", const_value=ir.tensor(np.arange(4, dtype=np.float32), name="w"))
+    add = ir.Node("", "Add", [x, weight], name="add")
+    add.outputs[0].name = "y"
+    add.outputs[0].shape = ir.Shape([4])
+    add.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+    graph = ir.Graph([x], [add.outputs[0]], nodes=[add], initializers=[weight], opset_imports={"": 20})
+    return ir.Model(graph, ir_version=10)
+
+
+def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_save(model: ir.Model, path: Path, **kwargs: object) -> None:
+        Path(path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_saving.ir, "save", broken_save)
+    with pytest.raises(OutputError, match="No space left"):
+        _saving.save_atomically(_model(), tmp_path / "m.onnx", sidecar={"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_large_weights_go_to_external_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_saving, "EXTERNAL_DATA_THRESHOLD", 8)
+    output = tmp_path / "m.onnx"
+    files = _saving.save_atomically(_model(), output)
+    assert files == [tmp_path / "m.onnx.data", output]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"x": np.ones(4, dtype=np.float32)})
+    np.testing.assert_array_equal(y, np.arange(4, dtype=np.float32) + 1)
+    monkeypatch.setattr(_saving, "EXTERNAL_DATA_THRESHOLD", 10**9)
+    _saving.save_atomically(_model(), output)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # the stale weights of the earlier export are gone
+
+
+def test_unwritable_outputs_are_refused_early(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="does not exist"):
+        _saving.check_writable(tmp_path / "missing" / "m.onnx")
+    with pytest.raises(OutputError, match="is a folder"):
+        _saving.check_writable(tmp_path)
