@@ -35,40 +35,130 @@ VOCAB, POSITIONS, SOURCE_POSITIONS, IMAGE, PATCH = 99, 64, 32, 32, 8
 EXPERTS, EXPERTS_PER_TOKEN, SMALL = 4, 2, 16
 
 _HIDDEN_KEYS = (
-    "hidden_size", "d_model", "n_embd", "n_embed", "dim", "embed_dim", "hidden_dim", "model_dim", "d_embed",
-    "word_embed_proj_dim", "embedding_size", "embedding_dim", "hidden_sizes", "text_hidden_size",
-    "audio_hidden_size", "encoder_hidden_size", "decoder_hidden_size", "out_hidden_size", "output_hidden_size",
-    "output_dim", "projector_hidden_size", "projection_dim", "projection_hidden_dim", "text_embed_dim",
-    "vision_embed_dim", "fusion_hidden_size", "pooler_hidden_size", "pooler_output_size", "fpn_hidden_size",
-    "mask_feature_size", "classifier_proj_size", "xvector_output_dim", "codevector_dim", "proj_codevector_dim",
-    "hidden_size_per_layer_input", "attention_hidden_size", "vision_output_dim", "encoder_hidden_dim",
-    "conv_dim", "tdnn_dim", "hidden_size_global", "image_text_hidden_size", "adapter_out_dim", "adapter_in_dim",
-    "condition_dim", "codebook_dim", "emb_dim", "d_latents", "entity_emb_size",
+    "hidden_size",
+    "d_model",
+    "n_embd",
+    "n_embed",
+    "dim",
+    "embed_dim",
+    "hidden_dim",
+    "model_dim",
+    "d_embed",
+    "word_embed_proj_dim",
+    "embedding_size",
+    "embedding_dim",
+    "hidden_sizes",
+    "text_hidden_size",
+    "audio_hidden_size",
+    "encoder_hidden_size",
+    "decoder_hidden_size",
+    "out_hidden_size",
+    "output_hidden_size",
+    "output_dim",
+    "projector_hidden_size",
+    "projection_dim",
+    "projection_hidden_dim",
+    "text_embed_dim",
+    "vision_embed_dim",
+    "fusion_hidden_size",
+    "pooler_hidden_size",
+    "pooler_output_size",
+    "fpn_hidden_size",
+    "mask_feature_size",
+    "classifier_proj_size",
+    "xvector_output_dim",
+    "codevector_dim",
+    "proj_codevector_dim",
+    "hidden_size_per_layer_input",
+    "attention_hidden_size",
+    "vision_output_dim",
+    "encoder_hidden_dim",
+    "conv_dim",
+    "tdnn_dim",
+    "hidden_size_global",
+    "image_text_hidden_size",
+    "adapter_out_dim",
+    "adapter_in_dim",
+    "condition_dim",
+    "codebook_dim",
+    "emb_dim",
+    "d_latents",
+    "entity_emb_size",
 )
 _FFN_KEYS = (
-    "intermediate_size", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim", "d_ff", "n_inner", "d_inner",
-    "ffn_hidden_size", "mlp_dim", "moe_intermediate_size", "shared_expert_intermediate_size",
-    "shared_intermediate_size", "shared_experts_intermediate_size", "moe_shared_expert_intermediate_size",
-    "decoder_intermediate_size", "intermediate_size_mlp", "dense_intermediate_size", "moe_hidden_size",
-    "encoder_feedforward_dim", "dim_feedforward", "encoder_linear_units", "decoder_linear_units",
+    "intermediate_size",
+    "ffn_dim",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+    "d_ff",
+    "n_inner",
+    "d_inner",
+    "ffn_hidden_size",
+    "mlp_dim",
+    "moe_intermediate_size",
+    "shared_expert_intermediate_size",
+    "shared_intermediate_size",
+    "shared_experts_intermediate_size",
+    "moe_shared_expert_intermediate_size",
+    "decoder_intermediate_size",
+    "intermediate_size_mlp",
+    "dense_intermediate_size",
+    "moe_hidden_size",
+    "encoder_feedforward_dim",
+    "dim_feedforward",
+    "encoder_linear_units",
+    "decoder_linear_units",
     "projection_intermediate_size",
 )
 _LAYER_KEYS = (
-    "num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers", "decoder_layers",
-    "num_decoder_layers", "num_encoder_layers", "depth", "encoder_num_layers", "decoder_num_layers",
-    "num_text_layers", "num_vision_layers",
+    "num_hidden_layers",
+    "n_layer",
+    "n_layers",
+    "num_layers",
+    "encoder_layers",
+    "decoder_layers",
+    "num_decoder_layers",
+    "num_encoder_layers",
+    "depth",
+    "encoder_num_layers",
+    "decoder_num_layers",
+    "num_text_layers",
+    "num_vision_layers",
 )
 _HEAD_KEYS = (
-    "num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads",
-    "decoder_attention_heads", "attention_heads", "encoder_num_attention_heads", "decoder_num_attention_heads",
-    "num_attention_heads_per_stage", "index_n_heads", "swa_num_attention_heads", "mamba_n_heads",
-    "num_self_attention_heads", "num_cross_attention_heads",
+    "num_attention_heads",
+    "n_head",
+    "n_heads",
+    "num_heads",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "attention_heads",
+    "encoder_num_attention_heads",
+    "decoder_num_attention_heads",
+    "num_attention_heads_per_stage",
+    "index_n_heads",
+    "swa_num_attention_heads",
+    "mamba_n_heads",
+    "num_self_attention_heads",
+    "num_cross_attention_heads",
 )
 _KV_HEAD_KEYS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num")
 _HEAD_DIM_KEYS = (
-    "head_dim", "d_kv", "kv_channels", "d_head", "dim_head", "qk_head_dim", "v_head_dim", "kv_lora_rank",
-    "q_lora_rank", "index_head_dim", "linear_key_head_dim", "linear_value_head_dim", "swa_head_dim",
-    "resampler_head_dim", "linear_head_dim",
+    "head_dim",
+    "d_kv",
+    "kv_channels",
+    "d_head",
+    "dim_head",
+    "qk_head_dim",
+    "v_head_dim",
+    "kv_lora_rank",
+    "q_lora_rank",
+    "index_head_dim",
+    "linear_key_head_dim",
+    "linear_value_head_dim",
+    "swa_head_dim",
+    "resampler_head_dim",
+    "linear_head_dim",
 )
 
 SHRINK: dict[str, int] = {
@@ -101,6 +191,9 @@ SHRINK: dict[str, int] = {
 }
 # Backbone bookkeeping that names layers; the config rebuilds it from the shrunk layer count.
 _DROP = ("stage_names", "_out_features", "_out_indices")
+# Hierarchical backbones (``depths`` per stage) keep their stage count, and their resolution so that
+# the last stage is not smaller than an attention window.
+_KEEP_IN_STAGED = (*_LAYER_KEYS, "image_size", "pretrain_image_size", "patch_size")
 # Settings keyed by layer index, and settings that name layers by index.
 _PER_LAYER_DICTS = ("per_layer_config",)
 _LAYER_INDEX_KEYS = ("vision_feature_layer", "vision_feature_layers")
@@ -119,15 +212,28 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 STATUSES = (
-    "ok", "tags-short", "check-failed", "input-failed", "trace-failed", "convert-failed", "config-failed",
-    "timeout", "crash",
+    "ok",
+    "tags-short",
+    "check-failed",
+    "input-failed",
+    "trace-failed",
+    "convert-failed",
+    "config-failed",
+    "timeout",
+    "crash",
 )
 EXPORTED = ("ok", "tags-short", "check-failed")
 MIN_TRACED = 0.99
 MAX_PARAMETERS = 100_000_000
 MEMORY_LIMIT = 8 << 30
-_HEAVY_MODULES = ("torch", "transformers", "transformers.modeling_utils", "onnxscript", "onnxruntime",
-                  "onnx_hierarchy._export")
+_HEAVY_MODULES = (
+    "torch",
+    "transformers",
+    "transformers.modeling_utils",
+    "onnxscript",
+    "onnxruntime",
+    "onnx_hierarchy._export",
+)
 
 
 @dataclass
@@ -167,7 +273,7 @@ def shrink_config_dict(data: dict[str, Any], token_ids: dict[int, int] | None = 
     rope_dim = _rope_dim(out)
     stages = isinstance(out.get("depths"), list)
     for key, value in out.items():
-        if stages and key in _LAYER_KEYS:
+        if stages and key in _KEEP_IN_STAGED:
             continue
         if key in SHRINK:
             out[key] = _shrink_value(value, SHRINK[key])
@@ -215,7 +321,7 @@ def _truncate_layer_lists(data: dict[str, Any]) -> int | None:
     """
     if isinstance(data.get("depths"), list):
         return None  # hierarchical backbone: num_layers counts stages, which all stay
-    old = next((data[k] for k in _LAYER_KEYS if _is_int(data.get(k)) and data[k] > LAYERS), None)
+    old: int | None = next((data[k] for k in _LAYER_KEYS if _is_int(data.get(k)) and data[k] > LAYERS), None)
     if old is None:
         return None
     for key, value in data.items():
@@ -316,10 +422,13 @@ def tiny_config_json(model_type: str) -> str:
 # --- child process -------------------------------------------------------------------------------------
 
 
-def _child(model_dir: str, output: str, result_file: str) -> None:
+def _child(model_dir: str, output: str, result_file: str, log_file: str) -> None:
     """Exports one model; writes what happened to ``result_file`` as JSON (runs in a forked child)."""
     import resource
 
+    log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     result: dict[str, Any] = {"stage": "build"}
 
@@ -493,10 +602,9 @@ def survey_one(context: Any, model_type: str, timeout: float) -> Row:
 
 
 def _run_child(context: Any, folder: Path, row: Row, timeout: float) -> None:
-    result_file = folder / "result.json"
-    process = context.Process(
-        target=_child, args=(str(folder / "model"), str(folder / "model.onnx"), str(result_file)), daemon=True
-    )
+    result_file, log_file = folder / "result.json", folder / "child.log"
+    args = (str(folder / "model"), str(folder / "model.onnx"), str(result_file), str(log_file))
+    process = context.Process(target=_child, args=args, daemon=True)
     process.start()
     process.join(timeout)
     timed_out = process.is_alive()
@@ -513,7 +621,16 @@ def _run_child(context: Any, folder: Path, row: Row, timeout: float) -> None:
     if timed_out:
         row.status, row.detail = "timeout", f"no result after {timeout:g} s (in stage {row.stage})"
     elif "status" not in result:
-        row.status, row.detail = "crash", f"child exited with code {process.exitcode} in stage {row.stage}"
+        row.status = "crash"
+        row.detail = f"child exited with code {process.exitcode} in stage {row.stage}: {_last_line(log_file)}"
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
 
 
 def _classify_export(row: Row, count: TagCount) -> None:
@@ -534,11 +651,15 @@ def _classify_export(row: Row, count: TagCount) -> None:
         row.status, row.detail = "ok", ""
 
 
-def model_types(only: str | None, limit: int | None) -> list[str]:
-    """The model types to survey: the ``AutoModel`` mapping, sorted, or the ``--only`` list."""
+def model_types(only: str | None, limit: int | None, every: int = 1) -> list[str]:
+    """The model types to survey: the ``AutoModel`` mapping, sorted, or the ``--only`` list.
+
+    ``every`` keeps every k-th type (an even sample), then ``limit`` keeps the first N.
+    """
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
     types = [t.strip() for t in only.split(",") if t.strip()] if only else sorted(MODEL_MAPPING_NAMES)
+    types = types[:: max(every, 1)]
     return types[:limit] if limit is not None else types
 
 
@@ -558,6 +679,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--only", help="comma-separated model types (default: all of AutoModel's)")
     parser.add_argument("--limit", type=int, help="survey only the first N model types")
+    parser.add_argument("--every", type=int, default=1, help="survey every K-th model type (an even sample)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per model (default 120)")
     parser.add_argument("--out", type=Path, help="write per-model rows to this JSON file")
     parser.add_argument("--resume", action="store_true", help="keep rows already in --out, survey the rest")
@@ -574,7 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     done: dict[str, Row] = {}
     if args.resume and args.out and args.out.is_file():
         done = {r["model_type"]: Row(**r) for r in json.loads(args.out.read_text())}
-    types = model_types(args.only, args.limit)
+    types = model_types(args.only, args.limit, args.every)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(_HEAVY_MODULES))
     rows: list[Row] = []
@@ -582,8 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for index, model_type in enumerate(types, 1):
         row = done.get(model_type) or survey_one(context, model_type, args.timeout)
         rows.append(row)
-        print(f"[{index}/{len(types)}] {model_type:<32} {row.status:<15} {row.seconds:7.1f}s  {row.detail}",
-              flush=True)
+        print(f"[{index}/{len(types)}] {model_type:<32} {row.status:<15} {row.seconds:7.1f}s  {row.detail}", flush=True)
         if args.out:
             args.out.write_text(json.dumps([asdict(r) for r in rows], indent=1))
     print(f"\n{summarize(rows)}\nwall time: {time.perf_counter() - start:.0f} s", flush=True)

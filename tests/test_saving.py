@@ -20,16 +20,16 @@ def _model() -> ir.Model:
     add.outputs[0].name = "y"
     add.outputs[0].shape = ir.Shape([4])
     add.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
-    graph = ir.Graph([x], [add.outputs[0]], nodes=[add], initializers=[weight], opset_imports={"": 20})
+    graph = ir.Graph([x], [add.outputs[0]], nodes=[add], initializers=[weight], opset_imports={"": 20}, name="g")
     return ir.Model(graph, ir_version=10)
 
 
 def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_save(model: ir.Model, path: Path, **kwargs: object) -> None:
+    def broken_save(model: ir.Model, path: Path) -> None:
         Path(path).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(_saving.ir, "save", broken_save)
+    monkeypatch.setattr(_saving, "write_single_file", broken_save)
     with pytest.raises(OutputError, match="No space left"):
         _saving.save_atomically(_model(), tmp_path / "m.onnx", sidecar={"a": 1})
     assert list(tmp_path.iterdir()) == []
@@ -54,3 +54,21 @@ def test_unwritable_outputs_are_refused_early(tmp_path: Path) -> None:
         _saving.check_writable(tmp_path / "missing" / "m.onnx")
     with pytest.raises(OutputError, match="is a folder"):
         _saving.check_writable(tmp_path)
+
+
+def test_single_file_writer_matches_protobuf_serialization(tmp_path: Path) -> None:
+    import onnx
+
+    model = _model()
+    _saving.write_single_file(model, tmp_path / "fast.onnx")
+    ir.save(model, tmp_path / "reference.onnx")
+    fast, reference = onnx.load(tmp_path / "fast.onnx"), onnx.load(tmp_path / "reference.onnx")
+    assert list(fast.graph.initializer) == list(reference.graph.initializer)
+    weights = {t.name for t in reference.graph.initializer}
+    for proto in (fast, reference):
+        kept = [v for v in proto.graph.value_info if v.name not in weights]
+        proto.graph.ClearField("value_info")
+        proto.graph.value_info.extend(kept)
+    assert fast == reference
+    onnx.checker.check_model(fast, full_check=True)
+    assert len(model.graph.initializers) == 1  # the model is left as it was

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import onnx
 import onnx_ir as ir
 
 from onnx_hierarchy.errors import OutputError
@@ -57,13 +58,70 @@ def save_atomically(model: ir.Model, output: Path, *, sidecar: dict[str, Any] | 
         if sidecar is not None:
             (staging / sidecar_path(output).name).write_text(json.dumps(sidecar, indent=1))
             staged.append((staging / sidecar_path(output).name, sidecar_path(output)))
-        ir.save(model, staging / output.name, external_data=data_file.name if external else None)
+        if external:
+            ir.save(model, staging / output.name, external_data=data_file.name)
+        else:
+            write_single_file(model, staging / output.name)
         staged.append((staging / output.name, output))
         for source, destination in staged:
             os.replace(source, destination)
     if not external and data_file.exists():
         data_file.unlink()  # stale weights of an earlier export to the same name
     return [destination for _, destination in staged]
+
+
+def write_single_file(model: ir.Model, path: Path) -> None:
+    """Writes a model with its weights inside, streaming each weight's bytes straight to the file.
+
+    Protobuf's serializer copies every weight into one in-memory message first, which costs about twice
+    as long as the write itself. The wire format allows fields in any order, so the graph is serialized
+    without its initializers and each initializer is appended as its own ``GraphProto.initializer``
+    field: the same bytes protobuf would read back, produced without the copies.
+    """
+    initializers = list(model.graph.initializers.values())
+    model.graph.initializers.clear()
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for value in initializers:
+            model.graph.initializers.add(value)
+    graph = proto.graph.SerializeToString()
+    proto.ClearField("graph")
+    tensors = [_tensor_field(value) for value in initializers]
+    with open(path, "wb") as file:
+        file.write(proto.SerializeToString())
+        file.write(_key(_MODEL_GRAPH) + _varint(len(graph) + sum(len(h) + len(d) for h, d in tensors)))
+        file.write(graph)
+        for header, data in tensors:
+            file.write(header)
+            file.write(data)
+
+
+# Field numbers of onnx.proto3.
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+
+
+def _tensor_field(value: ir.Value) -> tuple[bytes, bytes]:
+    """``GraphProto.initializer`` field bytes of one weight: (everything up to its raw data, raw data)."""
+    tensor = value.const_value
+    assert tensor is not None
+    proto = onnx.TensorProto(name=value.name, dims=list(tensor.shape.numpy()), data_type=tensor.dtype.value)
+    data = tensor.tobytes()
+    body = proto.SerializeToString() + _key(_TENSOR_RAW_DATA) + _varint(len(data))
+    return _key(_GRAPH_INITIALIZER) + _varint(len(body) + len(data)) + body, data
+
+
+def _key(field: int) -> bytes:
+    return _varint(field << 3 | 2)  # wire type 2: length-delimited
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, number = number & 0x7F, number >> 7
+        out.append(byte | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
 
 
 @contextlib.contextmanager
