@@ -50,10 +50,13 @@ def test_large_weights_go_to_external_data(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_unwritable_outputs_are_refused_early(tmp_path: Path) -> None:
-    with pytest.raises(OutputError, match="does not exist"):
-        _saving.check_writable(tmp_path / "missing" / "m.onnx")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="cannot create folder"):
+        _saving.check_writable(tmp_path / "file" / "m.onnx")
     with pytest.raises(OutputError, match="is a folder"):
         _saving.check_writable(tmp_path)
+    _saving.check_writable(tmp_path / "new" / "m.onnx")
+    assert (tmp_path / "new").is_dir()
 
 
 def test_single_file_writer_matches_protobuf_serialization(tmp_path: Path) -> None:

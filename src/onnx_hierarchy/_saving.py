@@ -21,12 +21,17 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 def check_writable(output: Path) -> None:
-    """Fails early, before any expensive work, when ``output`` cannot be written."""
+    """Fails early, before any expensive work, when ``output`` cannot be written.
+
+    A missing parent folder is created, as ``optimum-cli`` does; anything else in the way is an error.
+    """
     if output.is_dir():
         raise OutputError(f"{output}: is a folder; give a file name such as {output / 'model.onnx'}")
     parent = output.parent
-    if not parent.is_dir():
-        raise OutputError(f"{output}: folder {parent} does not exist")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{output}: cannot create folder {parent} ({error.strerror or error})") from error
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{output}: folder {parent} is not writable")
 

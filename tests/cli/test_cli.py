@@ -58,8 +58,8 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path, Callable[[str], Path]], list[str]], 
         "unknown task",
     ),
     "unwritable output": (
-        lambda tmp, cfg: [str(cfg("bert")), str(tmp / "no" / "dir" / "out.onnx")],
-        "does not exist",
+        lambda tmp, cfg: [str(cfg("bert")), str(_write(tmp / "a-file", "") / "out.onnx")],
+        "cannot create folder",
     ),
     "hub offline": (lambda tmp, cfg: ["org/model", str(tmp / "out.onnx")], "HF_HUB_OFFLINE"),
     "untraceable model": (
