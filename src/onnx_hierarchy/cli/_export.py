@@ -115,7 +115,8 @@ def _render(result: ExportResult, show_tree: bool) -> Group:
     record = result.record
     summary = Table.grid(padding=(0, 2))
     summary.add_row("output", escape(str(result.output)))
-    summary.add_row("model", f"{escape(record.model_class)} ({escape(record.source)}, {record.weights} weights)")
+    weights = {"none": "no weights: structure only"}.get(record.weights, f"{record.weights} weights")
+    summary.add_row("model", f"{escape(record.model_class)} ({escape(record.source)}, {weights})")
     summary.add_row("modules", f"{len(result.modules)}, depth {result.depth}")
     summary.add_row("nodes", f"{result.nodes}: {result.traced} traced, {result.inferred} inferred")
     axes = sorted({name for i in record.inputs for name in i.dynamic_axes.values()})
