@@ -19,8 +19,6 @@ from onnx_hierarchy._check import CheckResult, compare_with_torch
 from onnx_hierarchy._inputs import InputShapes
 from onnx_hierarchy.schema import ExportRecord, InputRecord, ModuleRecord, TagSource
 
-STAGES = ("load", "trace", "convert", "tag", "save", "check")
-
 _VERSIONED_PACKAGES = ("onnx-hierarchy", "torch", "transformers", "onnx", "onnx-ir", "onnxscript", "onnxruntime")
 
 
@@ -241,15 +239,14 @@ def _export_record(
 ) -> ExportRecord:
     graph_inputs = {v.name: v for v in model.graph.inputs}
     records = []
-    for item in inputs.records(dynamic=True):
-        value = graph_inputs.get(item.name)
-        shape = value.shape if value is not None else None
+    for name, tensor in inputs.tensors.items():
+        value = graph_inputs.get(name)
         axes = {
             axis: str(dim.value)
-            for axis, dim in enumerate(shape or ())
+            for axis, dim in enumerate(value.shape or () if value is not None else ())
             if isinstance(dim, ir.SymbolicDim) and dim.value is not None
         }
-        records.append(InputRecord(item.name, item.shape, item.dtype, axes))
+        records.append(InputRecord(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."), axes))
     return ExportRecord(
         source=source.spec,
         source_kind=source.kind,

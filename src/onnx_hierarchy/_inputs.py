@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from onnx_hierarchy.errors import InputSpecError
-from onnx_hierarchy.schema import InputRecord
 
 _DTYPES = {
     "int64": torch.int64,
@@ -51,17 +50,6 @@ class ModelInputs:
 
     tensors: dict[str, torch.Tensor]
     dynamic_axes: dict[str, dict[int, str]]
-
-    def records(self, dynamic: bool) -> tuple[InputRecord, ...]:
-        return tuple(
-            InputRecord(
-                name=name,
-                shape=tuple(tensor.shape),
-                dtype=str(tensor.dtype).removeprefix("torch."),
-                dynamic_axes=dict(self.dynamic_axes.get(name, {})) if dynamic else {},
-            )
-            for name, tensor in self.tensors.items()
-        )
 
 
 def generate_inputs(model: torch.nn.Module, shapes: InputShapes) -> ModelInputs:

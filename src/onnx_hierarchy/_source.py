@@ -33,7 +33,7 @@ TASKS: dict[str, tuple[str, ...]] = {
     "audio-classification": ("AutoModelForAudioClassification",),
     "zero-shot-image-classification": ("AutoModelForZeroShotImageClassification",),
 }
-TASK_ALIASES = {"causal-lm": "text-generation", "seq2seq-lm": "text2text-generation", "default": "feature-extraction"}
+TASK_ALIASES = {"causal-lm": "text-generation", "seq2seq-lm": "text2text-generation"}
 
 ModelClass = type[transformers.PreTrainedModel]
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 @click.option(
     "--input-spec",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JSON file overriding the generated inputs (see docs/usage.md).",
+    help="JSON file overriding the generated inputs (format in the README).",
 )
 @click.option("--static", is_flag=True, help="Export all axes static (default: batch and sequence dynamic).")
 @click.option("--opset", type=click.IntRange(min=18), help="ONNX opset. Default: torch.onnx's.")
