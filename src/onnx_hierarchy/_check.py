@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-__all__ = ["CheckResult", "OutputDifference", "compare_with_torch"]
+__all__ = ["CheckResult", "OutputDifference", "compare_with_torch", "max_abs_diff"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,17 @@ def compare_with_torch(
     differences = []
     for name, want, got in zip(output_names, expected, actual, strict=True):
         want_np = want.detach().numpy()
-        diff = np.abs(want_np.astype(np.float64) - np.asarray(got).astype(np.float64))
-        differences.append(OutputDifference(name, tuple(want_np.shape), float(diff.max()) if diff.size else 0.0))
+        differences.append(OutputDifference(name, tuple(want_np.shape), max_abs_diff(want_np, np.asarray(got))))
     return CheckResult(tuple(differences), atol)
+
+
+def max_abs_diff(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Largest absolute difference; NaN or inf where both sides have it counts as equal, elsewhere as inf."""
+    if expected.shape != actual.shape:
+        return float("inf")
+    want, got = expected.astype(np.float64), actual.astype(np.float64)
+    same = (want == got) | (np.isnan(want) & np.isnan(got))
+    with np.errstate(invalid="ignore"):  # inf - inf: decided by `same` and the line below
+        diff = np.where(same, 0.0, np.abs(want - got))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    return float(diff.max()) if diff.size else 0.0
