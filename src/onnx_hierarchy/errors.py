@@ -10,10 +10,12 @@ __all__ = [
     "ConversionError",
     "HierarchyError",
     "InputSpecError",
+    "ModelFileError",
     "ModelSourceError",
     "OutputError",
     "TaskError",
     "TraceError",
+    "UnknownModuleError",
 ]
 
 
@@ -43,6 +45,14 @@ class TraceError(HierarchyError):
 
 class ConversionError(HierarchyError):
     """torch.onnx could not convert the traced program to ONNX."""
+
+
+class ModelFileError(HierarchyError):
+    """An ONNX file is missing, unreadable, truncated, or lacks data a command needs."""
+
+
+class UnknownModuleError(HierarchyError):
+    """A module path, pattern or class matches no module of the model."""
 
 
 def summarize(error: BaseException) -> str:

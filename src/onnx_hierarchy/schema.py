@@ -41,6 +41,7 @@ __all__ = [
     "TORCH_STACK_TRACE_KEY",
     "VERSION_KEY",
     "ExportRecord",
+    "HasMetadata",
     "InputRecord",
     "ModuleRecord",
     "NodeTag",
@@ -50,6 +51,7 @@ __all__ = [
     "read_export_record",
     "read_modules",
     "read_node_tag",
+    "read_torch_class_hierarchy",
     "read_torch_name_scopes",
     "replace_empty_stack_marker",
     "write_model_metadata",
@@ -227,9 +229,17 @@ class ExportRecord:
         return cls(**{**fields, "inputs": inputs, "outputs": tuple(data["outputs"])})
 
 
-def read_node_tag(node: ir.Node) -> NodeTag | None:
+# Readers take an onnx-ir object or its metadata as a plain mapping (read from protobuf by fast paths).
+HasMetadata = ir.Node | ir.Model | Mapping[str, str]
+
+
+def _props(obj: HasMetadata) -> Mapping[str, str]:
+    return obj.metadata_props if isinstance(obj, (ir.Node, ir.Model)) else obj
+
+
+def read_node_tag(node: HasMetadata) -> NodeTag | None:
     """Returns the node's tag, or ``None`` when the node carries no ``hierarchy.module``."""
-    props = node.metadata_props
+    props = _props(node)
     if MODULE_KEY not in props:
         return None
     call = props.get(CALL_KEY)
@@ -255,13 +265,24 @@ def write_node_tag(node: ir.Node, tag: NodeTag) -> None:
         props[CALL_KEY] = str(tag.call)
 
 
-def read_torch_name_scopes(node: ir.Node) -> list[str] | None:
+def read_torch_name_scopes(node: HasMetadata) -> list[str] | None:
     """Returns torch.onnx's ``name_scopes`` of a node: module paths from the root, then the FX node name."""
-    raw = node.metadata_props.get(TORCH_NAME_SCOPES_KEY)
+    return _literal_list(_props(node).get(TORCH_NAME_SCOPES_KEY))
+
+
+def read_torch_class_hierarchy(node: HasMetadata) -> list[str] | None:
+    """Returns torch.onnx's ``class_hierarchy``: qualified classes matching ``name_scopes``, then the op."""
+    return _literal_list(_props(node).get(TORCH_CLASS_HIERARCHY_KEY))
+
+
+def _literal_list(raw: str | None) -> list[str] | None:
     if raw is None:
         return None
-    scopes = ast.literal_eval(raw)
-    return [str(s) for s in scopes] if isinstance(scopes, list) else None
+    try:
+        items = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return None
+    return [str(item) for item in items] if isinstance(items, list) else None
 
 
 def replace_empty_stack_marker(node: ir.Node, root_qualified_cls: str) -> None:
@@ -304,17 +325,17 @@ def write_model_metadata(model: ir.Model, modules: Sequence[ModuleRecord], recor
     model.metadata_props[EXPORT_KEY] = json.dumps(record.to_json(), separators=(",", ":"))
 
 
-def read_modules(model: ir.Model) -> list[ModuleRecord] | None:
+def read_modules(model: HasMetadata) -> list[ModuleRecord] | None:
     """Returns the module tree recorded in the model, or ``None`` when the model has none."""
-    raw = model.metadata_props.get(MODULES_KEY)
+    raw = _props(model).get(MODULES_KEY)
     if raw is None:
         return None
     return [ModuleRecord.from_json(item) for item in json.loads(raw)]
 
 
-def read_export_record(model: ir.Model) -> ExportRecord | None:
+def read_export_record(model: HasMetadata) -> ExportRecord | None:
     """Returns how the model was exported, or ``None`` when it was not exported by onnx-hierarchy."""
-    raw = model.metadata_props.get(EXPORT_KEY)
+    raw = _props(model).get(EXPORT_KEY)
     if raw is None:
         return None
     return ExportRecord.from_json(json.loads(raw))

@@ -10,6 +10,14 @@ import click
 from onnx_hierarchy._version import __version__
 from onnx_hierarchy.cli import _errors
 from onnx_hierarchy.cli._export import export_command
+from onnx_hierarchy.cli._inspect import (
+    dag_command,
+    diff_command,
+    nodes_command,
+    summary_command,
+    tree_command,
+    validate_command,
+)
 
 __all__ = ["cli", "main"]
 
@@ -21,7 +29,9 @@ def cli(debug: bool) -> None:
     """Export Hugging Face models to ONNX with every node tagged by the nn.Module that produced it."""
 
 
-cli.add_command(export_command)
+for command in (export_command, tree_command, nodes_command, summary_command, dag_command, diff_command):
+    cli.add_command(command)
+cli.add_command(validate_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

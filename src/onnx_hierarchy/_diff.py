@@ -1,0 +1,55 @@
+"""``diff``: how two models of the same architecture differ, module by module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from onnx_hierarchy._hierarchy import Hierarchy
+from onnx_hierarchy._stats import module_stats
+
+
+@dataclass(frozen=True)
+class ModuleDiff:
+    """One module whose nodes differ (``None`` counts: the module exists on one side only)."""
+
+    path: str
+    nodes_a: int | None
+    nodes_b: int | None
+    ops: dict[str, tuple[int, int]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "nodes_a": self.nodes_a, "nodes_b": self.nodes_b, "ops": self.ops}
+
+
+def diff(a: Hierarchy, b: Hierarchy) -> list[ModuleDiff]:
+    """Modules whose own node count or op types differ, in A's tree order then B-only modules.
+
+    Own nodes (not descendants') are compared, so a difference shows once, at the module that has it.
+    """
+    stats_a = {s.path: s for s in module_stats(a)}
+    stats_b = {s.path: s for s in module_stats(b)}
+    own_ops_a, own_ops_b = _own_ops(a), _own_ops(b)
+    result = []
+    for path in [*stats_a, *(p for p in stats_b if p not in stats_a)]:
+        ops_a, ops_b = own_ops_a.get(path, {}), own_ops_b.get(path, {})
+        changed = {op: (ops_a.get(op, 0), ops_b.get(op, 0)) for op in sorted({*ops_a, *ops_b})}
+        changed = {op: counts for op, counts in changed.items() if counts[0] != counts[1]}
+        if changed or (path in stats_a) != (path in stats_b):
+            result.append(
+                ModuleDiff(
+                    path,
+                    stats_a[path].own_nodes if path in stats_a else None,
+                    stats_b[path].own_nodes if path in stats_b else None,
+                    changed,
+                )
+            )
+    return result
+
+
+def _own_ops(hierarchy: Hierarchy) -> dict[str, dict[str, int]]:
+    ops: dict[str, dict[str, int]] = {}
+    for node in hierarchy.node_list:
+        counts = ops.setdefault(node.module, {})
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return ops

@@ -1,0 +1,341 @@
+"""``load``: the module hierarchy of any ONNX file, read without its weights.
+
+Inspection must answer in about a second on graphs of hundreds of thousands of nodes, so this reads the
+protobuf directly (external data stays on disk) into flat per-node records instead of building an
+onnx-ir graph, whose object model costs tens of microseconds a node. Tags are still read through
+:mod:`onnx_hierarchy.schema`.
+
+Modules come from, in order of preference: this project's tags (``hierarchy``), torch.onnx's
+``pkg.torch.onnx.name_scopes`` (``torch-name-scopes``), or TorchScript-style scoped node names such as
+``/encoder/layer.0/attention/self/query/MatMul`` (``scoped-names``). A file with none of them has one module,
+the root (``none``). Nodes of control-flow subgraphs without a module of their own belong to their
+parent node's module.
+"""
+
+from __future__ import annotations
+
+import collections
+import difflib
+import fnmatch
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from onnx_hierarchy import schema
+from onnx_hierarchy.errors import ModelFileError, UnknownModuleError
+from onnx_hierarchy.schema import ModuleRecord
+
+SOURCES = ("hierarchy", "torch-name-scopes", "scoped-names", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One node in execution order (subgraph nodes follow their parent node).
+
+    Attributes:
+        index: Position in execution order.
+        name: Node name.
+        op_type: Operator, prefixed by its domain when not the default one.
+        inputs: Input value names ("" for an omitted optional input).
+        outputs: Output value names.
+        module: Path of the module the node belongs to.
+        call: Call of that module, when the module ran more than once.
+        parent: Index of the node owning the subgraph this node is in, else ``None``.
+        tagged: Whether the file itself names the node's module (else it came from the parent node).
+    """
+
+    index: int
+    name: str
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    module: str
+    call: int | None = None
+    parent: int | None = None
+    tagged: bool = True
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """The module tree of an ONNX model, its nodes by module, and its data flow.
+
+    Attributes:
+        path: The file it was read from.
+        source: Where modules came from: one of :data:`SOURCES`.
+        modules: Every module, parents before children, keyed by path.
+        node_list: Every node in execution order.
+        graph_inputs: Names of the graph's inputs.
+        graph_outputs: Names of the graph's outputs.
+        initializers: Weight names with their element counts.
+    """
+
+    path: Path
+    source: str
+    modules: dict[str, ModuleRecord]
+    node_list: tuple[NodeInfo, ...]
+    graph_inputs: tuple[str, ...]
+    graph_outputs: tuple[str, ...]
+    initializers: dict[str, int]
+    _children: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for path, record in self.modules.items():
+            if record.parent is not None:
+                self._children.setdefault(record.parent, []).append(path)
+
+    def children(self, path: str) -> list[str]:
+        """Direct submodules of ``path``, in ``named_modules()`` order."""
+        return self._children.get(path, [])
+
+    def module(self, path: str) -> ModuleRecord:
+        """The module at ``path``.
+
+        Raises:
+            UnknownModuleError: No such module; the message suggests the closest paths.
+        """
+        if path in self.modules:
+            return self.modules[path]
+        close = difflib.get_close_matches(path, list(self.modules), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownModuleError(f"{self.path}: no module {path!r}{hint}")
+
+    def find(self, pattern: str | None = None, cls: str | None = None) -> list[str]:
+        """Module paths matching a glob over paths (``encoder.layer.*.attention``) and/or a class name.
+
+        A pattern without wildcards is an exact path and fails like :meth:`module` when unknown.
+
+        Raises:
+            UnknownModuleError: Nothing matches.
+        """
+        if pattern is not None and not any(c in pattern for c in "*?["):
+            paths = [self.module(pattern).path]
+        elif pattern is not None:
+            paths = [p for p in self.modules if fnmatch.fnmatchcase(p, pattern)]
+        else:
+            paths = list(self.modules)
+        if cls is not None:
+            paths = [p for p in paths if self.modules[p].cls == cls]
+        if not paths:
+            parts = (f"pattern {pattern!r}" if pattern else "", f"class {cls!r}" if cls else "")
+            what = " and ".join(part for part in parts if part)
+            classes = difflib.get_close_matches(cls or "", sorted({m.cls for m in self.modules.values()}), n=3)
+            hint = f"; did you mean class {' or '.join(classes)}?" if cls and classes else ""
+            raise UnknownModuleError(f"{self.path}: no module matches {what}{hint}")
+        return paths
+
+    def nodes(self, module: str = "", *, own: bool = False) -> list[NodeInfo]:
+        """Nodes of ``module`` in execution order, with its descendants' unless ``own``."""
+        self.module(module)
+        if own:
+            return [n for n in self.node_list if n.module == module]
+        return [n for n in self.node_list if _within(n.module, module)]
+
+    def depth(self, path: str) -> int:
+        """0 for the root, 1 for its children, and so on."""
+        depth = 0
+        record = self.modules[path]
+        while record.parent is not None:
+            depth += 1
+            record = self.modules[record.parent]
+        return depth
+
+    def walk(self, path: str = "") -> Iterator[str]:
+        """``path`` and its descendants, depth first, in ``named_modules()`` order."""
+        yield path
+        for child in self.children(path):
+            yield from self.walk(child)
+
+
+def _within(module: str, ancestor: str) -> bool:
+    return ancestor == "" or module == ancestor or module.startswith(ancestor + ".")
+
+
+def load(path: str | os.PathLike[str]) -> Hierarchy:
+    """Reads the module hierarchy of an ONNX file without loading its weights.
+
+    Raises:
+        ModelFileError: The file is missing, not ONNX, or truncated.
+    """
+    path = Path(path)
+    model = _read_proto(path)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    raw_nodes = list(_walk_nodes(model.graph))
+    props = [{p.key: p.value for p in node.metadata_props} for node, _ in raw_nodes]
+    initializers = {t.name: math.prod(t.dims) for t in model.graph.initializer}
+
+    recorded = schema.read_modules(metadata)
+    if recorded is not None or any(schema.MODULE_KEY in p for p in props):
+        source = "hierarchy"
+        assignments, classes = _from_tags(props)
+        modules = _complete({m.path: m for m in recorded or []}, assignments, classes)
+    elif any(schema.TORCH_NAME_SCOPES_KEY in p for p in props):
+        source = "torch-name-scopes"
+        assignments, classes = _from_name_scopes(props)
+        modules = _complete({}, assignments, classes)
+    elif any(node.name.startswith("/") for node, _ in raw_nodes):
+        source = "scoped-names"
+        assignments = [(_scoped_module(node.name), None) for node, _ in raw_nodes]
+        modules = _complete({}, assignments)
+    else:
+        source = "none"
+        assignments = [("", None)] * len(raw_nodes)
+        modules = _complete({}, assignments)
+
+    nodes: list[NodeInfo] = []
+    for index, ((node, parent), (module, call)) in enumerate(zip(raw_nodes, assignments, strict=True)):
+        tagged = module is not None
+        if module is None:
+            module, call = (nodes[parent].module, nodes[parent].call) if parent is not None else ("", None)
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        nodes.append(
+            NodeInfo(index, node.name, op, tuple(node.input), tuple(node.output), module, call, parent, tagged)
+        )
+    if recorded is None:
+        modules = _with_parameters(modules, initializers, nodes)
+    return Hierarchy(
+        path=path,
+        source=source,
+        modules=modules,
+        node_list=tuple(nodes),
+        graph_inputs=tuple(v.name for v in model.graph.input if v.name not in initializers),
+        graph_outputs=tuple(v.name for v in model.graph.output),
+        initializers=initializers,
+    )
+
+
+def _read_proto(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError) as error:
+        raise ModelFileError(f"{path}: not a readable ONNX model (truncated or not ONNX): {error}") from error
+    if model.ir_version == 0 or not model.HasField("graph"):
+        raise ModelFileError(f"{path}: not an ONNX model (no graph)")
+    return model
+
+
+def _walk_nodes(graph: onnx.GraphProto) -> Iterator[tuple[onnx.NodeProto, int | None]]:
+    """Nodes depth first, each followed by the nodes of its subgraphs, with the owning node's index."""
+    yield from _walk(graph, None, [0])
+
+
+def _walk(
+    graph: onnx.GraphProto, parent: int | None, counter: list[int]
+) -> Iterator[tuple[onnx.NodeProto, int | None]]:
+    for node in graph.node:
+        index = counter[0]
+        counter[0] += 1
+        yield node, parent
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                yield from _walk(subgraph, index, counter)
+
+
+Assignment = tuple[str | None, int | None]
+
+
+def _from_tags(props: Sequence[dict[str, str]]) -> tuple[list[Assignment], dict[str, str]]:
+    assignments: list[Assignment] = []
+    classes: dict[str, str] = {}
+    for p in props:
+        tag = schema.read_node_tag(p)
+        if tag is None:
+            assignments.append((None, None))
+            continue
+        assignments.append((tag.module, tag.call))
+        classes.setdefault(tag.module, tag.cls)
+    return assignments, classes
+
+
+def _from_name_scopes(props: Sequence[dict[str, str]]) -> tuple[list[Assignment], dict[str, str]]:
+    """Module of each node from torch's scopes, and each module's class from ``class_hierarchy``."""
+    assignments: list[Assignment] = []
+    classes: dict[str, str] = {}
+    for p in props:
+        scopes = schema.read_torch_name_scopes(p)
+        if not scopes:
+            assignments.append((None, None))
+            continue
+        paths = [s.split("@")[0] for s in scopes[:-1]]
+        hierarchy = schema.read_torch_class_hierarchy(p) or []
+        for module_path, qualified in zip(paths, hierarchy, strict=False):
+            classes.setdefault(module_path, qualified)
+        assignments.append((paths[-1] if paths else "", None))
+    return assignments, classes
+
+
+def _scoped_module(name: str) -> str | None:
+    """``/encoder/layer.0/attention/self/query/MatMul`` -> ``encoder.layer.0.attention.self.query``."""
+    if not name.startswith("/"):
+        return None
+    return ".".join(part for part in name.split("/")[1:-1] if part)
+
+
+def _complete(
+    modules: dict[str, ModuleRecord], assignments: Sequence[Assignment], classes: dict[str, str] | None = None
+) -> dict[str, ModuleRecord]:
+    """Adds every module a node names, with its ancestors, to the recorded tree."""
+    classes = classes or {}
+    calls: collections.Counter[str] = collections.Counter()
+    seen: dict[str, set[int | None]] = collections.defaultdict(set)
+    for module, call in assignments:
+        if module is not None:
+            seen[module].add(call)
+    for module, module_calls in seen.items():
+        calls[module] = len(module_calls)
+    result = dict(modules)
+    added = False
+    for path in ["", *sorted(seen)]:
+        while path not in result:
+            parent = None if path == "" else path.rpartition(".")[0]
+            qualified = classes.get(path, "")
+            result[path] = ModuleRecord(path, qualified.rpartition(".")[2], qualified, parent, 0, 0, calls.get(path, 0))
+            added = True
+            if parent is None:
+                break
+            path = parent
+    if not modules:
+        return _parents_first(result)
+    # A recorded tree is in named_modules() order; modules only tags name (validate reports them) go last.
+    return result if not added else {**modules, **_parents_first({k: v for k, v in result.items() if k not in modules})}
+
+
+def _parents_first(modules: dict[str, ModuleRecord]) -> dict[str, ModuleRecord]:
+    """Tree order for derived trees: parents before children, ``layer.2`` before ``layer.10``."""
+    return {path: modules[path] for path in sorted(modules, key=_natural_key)}
+
+
+def _natural_key(path: str) -> list[tuple[int, int, str]]:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.split(".")] if path else []
+
+
+def _with_parameters(
+    modules: dict[str, ModuleRecord], initializers: dict[str, int], nodes: Sequence[NodeInfo]
+) -> dict[str, ModuleRecord]:
+    """Parameter counts of untagged models: a weight named ``<module>.<param>`` belongs to that module,
+    any other weight to the module of its first consumer."""
+    first_consumer: dict[str, str] = {}
+    for node in nodes:
+        for name in node.inputs:
+            if name in initializers and name not in first_consumer:
+                first_consumer[name] = node.module
+    own: collections.Counter[str] = collections.Counter()
+    for name, count in initializers.items():
+        owner, dot, _ = name.rpartition(".")
+        own[owner if dot and owner in modules else first_consumer.get(name, "")] += count
+    total: collections.Counter[str] = collections.Counter()
+    for path, count in own.items():
+        cursor: str | None = path
+        while cursor is not None:
+            total[cursor] += count
+            cursor = modules[cursor].parent
+    return {
+        path: ModuleRecord(m.path, m.cls, m.qualified_cls, m.parent, own[path], total[path], m.calls)
+        for path, m in modules.items()
+    }

@@ -1,0 +1,247 @@
+"""``tree``, ``nodes``, ``summary``, ``dag``, ``diff`` and ``validate``: reading a model by module."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
+
+from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
+from onnx_hierarchy.cli._output import Output
+
+if TYPE_CHECKING:
+    from onnx_hierarchy._hierarchy import Hierarchy
+
+_TABLE_FORMATS = click.Choice(["text", "json", "csv", "markdown"])
+_model_argument = click.argument("model", type=click.Path(path_type=Path))
+
+
+def _selection(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--module`` (path or glob) and ``--class`` options."""
+    command = click.option("--class", "cls", help="Only modules of this class (e.g. BertSelfAttention).")(command)
+    return click.option("--module", "-m", "module", help="Module path or glob, e.g. 'encoder.layer.*.attention'.")(
+        command
+    )
+
+
+def _load(model: Path) -> Hierarchy:
+    from onnx_hierarchy._hierarchy import load
+
+    return load(model)
+
+
+def _selected(hierarchy: Hierarchy, module: str | None, cls: str | None, default: str = "") -> list[str]:
+    if module is None and cls is None:
+        return [default]
+    return hierarchy.find(module, cls)
+
+
+@click.command("tree")
+@_model_argument
+@_selection
+@click.option("--depth", type=click.IntRange(min=0), help="Show modules at most this far below each selected one.")
+@click.option("--expand", is_flag=True, help="Do not collapse repeated identical siblings.")
+@click.option("--format", "fmt", type=_TABLE_FORMATS, default="text", show_default=True)
+def tree_command(model: Path, module: str | None, cls: str | None, depth: int | None, expand: bool, fmt: str) -> int:
+    """The module tree: class, nodes (own and with descendants), parameters, op types and calls."""
+    from onnx_hierarchy._stats import module_stats
+    from onnx_hierarchy.cli._tree import module_tree
+
+    hierarchy = _load(model)
+    roots = _selected(hierarchy, module, cls)
+    paths = [p for root in roots for p in hierarchy.walk(root) if _within_depth(hierarchy, p, root, depth)]
+    every = {s.path: s for s in module_stats(hierarchy)}
+    rows = [every[p].to_json() for p in dict.fromkeys(paths)]
+    out = Output(fmt)
+    if fmt == "text":
+        own = {path: s.own_nodes for path, s in every.items()}
+        ops = {path: s.ops for path, s in every.items()}
+        header = f"{escape(str(model))} · modules from {hierarchy.source}"
+        trees = [
+            module_tree(list(hierarchy.modules.values()), own, expand=expand, root=r, max_depth=depth, ops=ops)
+            for r in roots
+        ]
+        out.result(Group(header, *trees), rows)
+    else:
+        _table(out, fmt, rows, ["path", "class", "own_nodes", "nodes", "parameters", "calls", "ops"])
+    return EXIT_OK
+
+
+def _within_depth(hierarchy: Hierarchy, path: str, root: str, depth: int | None) -> bool:
+    return depth is None or hierarchy.depth(path) - hierarchy.depth(root) <= depth
+
+
+@click.command("nodes")
+@_model_argument
+@_selection
+@click.option("--own", is_flag=True, help="Only the module's own nodes, not its descendants'.")
+@click.option("--format", "fmt", type=_TABLE_FORMATS, default="text", show_default=True)
+def nodes_command(model: Path, module: str | None, cls: str | None, own: bool, fmt: str) -> int:
+    """A module's nodes in execution order: name, op type, inputs, outputs, module."""
+    hierarchy = _load(model)
+    selected = _selected(hierarchy, module, cls)
+    seen: dict[int, Any] = {}
+    for path in selected:
+        for node in hierarchy.nodes(path, own=own):
+            seen.setdefault(node.index, node)
+    rows = [
+        {
+            "index": n.index,
+            "name": n.name,
+            "op_type": n.op_type,
+            "inputs": list(n.inputs),
+            "outputs": list(n.outputs),
+            "module": n.module,
+            "call": n.call,
+        }
+        for _, n in sorted(seen.items())
+    ]
+    _table(Output(fmt), fmt, rows, ["index", "name", "op_type", "inputs", "outputs", "module", "call"])
+    return EXIT_OK
+
+
+@click.command("summary")
+@_model_argument
+@_selection
+@click.option("--depth", type=click.IntRange(min=0), default=1, show_default=True, help="Depth of the rows.")
+@click.option("--format", "fmt", type=_TABLE_FORMATS, default="text", show_default=True)
+def summary_command(model: Path, module: str | None, cls: str | None, depth: int, fmt: str) -> int:
+    """One row per module at DEPTH: operations, internal edges, boundary inputs and outputs, parameters."""
+    from onnx_hierarchy._stats import module_stats, modules_at_depth, total_row
+
+    hierarchy = _load(model)
+    selected = module is not None or cls is not None
+    paths = hierarchy.find(module, cls) if selected else modules_at_depth(hierarchy, depth)
+    stats = module_stats(hierarchy, paths, edges=True)
+    rows = [
+        {
+            "module": s.path or "(root)",
+            "class": s.cls,
+            "ops": s.nodes,
+            "internal_edges": s.internal_edges,
+            "boundary_inputs": s.boundary_inputs,
+            "boundary_outputs": s.boundary_outputs,
+            "parameters": s.parameters,
+        }
+        for s in stats
+    ]
+    total = total_row(stats)
+    rows.append(
+        {
+            "module": "total",
+            "class": "",
+            "ops": total["nodes"],
+            "internal_edges": total["internal_edges"],
+            "boundary_inputs": total["boundary_inputs"],
+            "boundary_outputs": total["boundary_outputs"],
+            "parameters": total["parameters"],
+        }
+    )
+    columns = ["module", "class", "ops", "internal_edges", "boundary_inputs", "boundary_outputs", "parameters"]
+    _table(Output(fmt), fmt, rows, columns)
+    return EXIT_OK
+
+
+@click.command("dag")
+@_model_argument
+@click.option("--module", "-m", "module", default="", help="Module path (default: the whole model).")
+@click.option("--format", "fmt", type=click.Choice(["json", "graphml", "dot"]), default="json", show_default=True)
+def dag_command(model: Path, module: str, fmt: str) -> int:
+    """The data-flow graph of a module: nodes, edges, order and boundary (JSON, GraphML or DOT)."""
+    import json
+
+    from onnx_hierarchy._dag import dag
+
+    hierarchy = _load(model)
+    graph = dag(hierarchy, hierarchy.module(module).path)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(graph.to_json(), indent=1) + "\n")
+    else:
+        sys.stdout.write(graph.to_graphml() if fmt == "graphml" else graph.to_dot())
+    return EXIT_OK
+
+
+@click.command("diff")
+@click.argument("model_a", type=click.Path(path_type=Path))
+@click.argument("model_b", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=_TABLE_FORMATS, default="text", show_default=True)
+def diff_command(model_a: Path, model_b: Path, fmt: str) -> int:
+    """Per-module differences in node counts and op types between two models."""
+    from onnx_hierarchy._diff import diff
+
+    differences = diff(_load(model_a), _load(model_b))
+    rows = [
+        {
+            "module": d.path or "(root)",
+            "nodes_a": d.nodes_a,
+            "nodes_b": d.nodes_b,
+            "ops": ", ".join(f"{op} {a}→{b}" for op, (a, b) in d.ops.items()),
+        }
+        for d in differences
+    ]
+    out = Output(fmt)
+    if fmt == "json":
+        out.result("", [d.to_json() for d in differences])
+    elif not rows and fmt == "text":
+        out.result("no differences in node counts or op types", [])
+    else:
+        _table(out, fmt, rows, ["module", "nodes_a", "nodes_b", "ops"])
+    return EXIT_OK
+
+
+@click.command("validate")
+@_model_argument
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def validate_command(model: Path, fmt: str) -> int:
+    """Checks that tags are consistent; exit code 1 listing what is wrong."""
+    from onnx_hierarchy._validate import validate
+
+    report = validate(_load(model))
+    data = {"path": report.path, "source": report.source, "nodes": report.nodes, "problems": list(report.problems)}
+    if report.ok:
+        human = f"[green]ok[/]: {report.nodes} nodes, tags consistent"
+    else:
+        human = "\n".join([f"[red]{len(report.problems)} problem(s)[/]", *(f"  {escape(p)}" for p in report.problems)])
+    Output(fmt).result(human, data)
+    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+
+
+def _table(out: Output, fmt: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Renders rows as a rich table, JSON, CSV or a Markdown table."""
+    if fmt == "json":
+        out.result("", list(rows))
+        return
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(cells)
+        sys.stdout.write(buffer.getvalue())
+    elif fmt == "markdown":
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+        sys.stdout.write("\n".join(lines) + "\n")
+    else:
+        table = Table(*columns, box=None, header_style="bold")
+        for row in cells:
+            table.add_row(*(escape(c) for c in row))
+        out.result(table, list(rows))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
