@@ -72,6 +72,8 @@ class Hierarchy:
         graph_inputs: Names of the graph's inputs.
         graph_outputs: Names of the graph's outputs.
         initializers: Weight names with their element counts.
+        unrecorded: Modules that tags name but the file's recorded module tree lacks (added to ``modules``
+            so every node has a place; :func:`validate` reports them).
     """
 
     path: Path
@@ -81,6 +83,7 @@ class Hierarchy:
     graph_inputs: tuple[str, ...]
     graph_outputs: tuple[str, ...]
     initializers: dict[str, int]
+    unrecorded: frozenset[str] = frozenset()
     _children: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -205,6 +208,7 @@ def load(path: str | os.PathLike[str]) -> Hierarchy:
         graph_inputs=tuple(v.name for v in model.graph.input if v.name not in initializers),
         graph_outputs=tuple(v.name for v in model.graph.output),
         initializers=initializers,
+        unrecorded=frozenset(modules) - {m.path for m in recorded} if recorded is not None else frozenset(),
     )
 
 

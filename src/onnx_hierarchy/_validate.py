@@ -42,7 +42,7 @@ def validate(hierarchy: Hierarchy, *, limit: int = 50) -> ValidationReport:
     for node in hierarchy.node_list:
         if len(problems) >= limit:
             break
-        if node.module not in modules:
+        if node.module not in modules or node.module in hierarchy.unrecorded:
             problems.append(f"node {node.name!r}: module {node.module!r} is not in the module tree")
             continue
         calls = modules[node.module].calls
