@@ -15,18 +15,22 @@ from onnx_hierarchy._version import __version__
 if TYPE_CHECKING:
     from onnx_hierarchy._check import CheckResult, OutputDifference
     from onnx_hierarchy._export import ExportResult, StageEvent, StageTiming, export
+    from onnx_hierarchy._hierarchy import Hierarchy, NodeInfo, load
     from onnx_hierarchy._inputs import InputShapes
 
 __all__ = [
     "CheckResult",
     "ExportResult",
+    "Hierarchy",
     "InputShapes",
+    "NodeInfo",
     "OutputDifference",
     "StageEvent",
     "StageTiming",
     "__version__",
     "errors",
     "export",
+    "load",
     "schema",
 ]
 
@@ -38,6 +42,9 @@ _LAZY = {
     "StageTiming": "onnx_hierarchy._export",
     "export": "onnx_hierarchy._export",
     "InputShapes": "onnx_hierarchy._inputs",
+    "Hierarchy": "onnx_hierarchy._hierarchy",
+    "NodeInfo": "onnx_hierarchy._hierarchy",
+    "load": "onnx_hierarchy._hierarchy",
     "errors": None,
     "schema": None,
 }

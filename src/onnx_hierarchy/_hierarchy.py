@@ -248,12 +248,13 @@ def _from_tags(props: Sequence[dict[str, str]]) -> tuple[list[Assignment], dict[
     assignments: list[Assignment] = []
     classes: dict[str, str] = {}
     for p in props:
-        tag = schema.read_node_tag(p)
+        tag = schema.read_node_module(p)
         if tag is None:
             assignments.append((None, None))
             continue
-        assignments.append((tag.module, tag.call))
-        classes.setdefault(tag.module, tag.cls)
+        assignments.append((tag[0], tag[1]))
+        if tag[0] not in classes:
+            classes[tag[0]] = tag[2]
     return assignments, classes
 
 

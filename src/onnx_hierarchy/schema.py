@@ -50,6 +50,7 @@ __all__ = [
     "modules_by_path",
     "read_export_record",
     "read_modules",
+    "read_node_module",
     "read_node_tag",
     "read_torch_class_hierarchy",
     "read_torch_name_scopes",
@@ -234,6 +235,8 @@ HasMetadata = ir.Node | ir.Model | Mapping[str, str]
 
 
 def _props(obj: HasMetadata) -> Mapping[str, str]:
+    if type(obj) is dict:  # the fast path of bulk readers: no protocol isinstance checks
+        return obj
     return obj.metadata_props if isinstance(obj, (ir.Node, ir.Model)) else obj
 
 
@@ -250,6 +253,18 @@ def read_node_tag(node: HasMetadata) -> NodeTag | None:
         source=TagSource(props.get(SOURCE_KEY, TagSource.INFERRED.value)),
         call=int(call) if call is not None else None,
     )
+
+
+def read_node_module(props: Mapping[str, str]) -> tuple[str, int | None, str] | None:
+    """``(module, call, class)`` of a node's metadata, or ``None`` when untagged.
+
+    The part of :func:`read_node_tag` that bulk readers need, without building a :class:`NodeTag`.
+    """
+    module = props.get(MODULE_KEY)
+    if module is None:
+        return None
+    call = props.get(CALL_KEY)
+    return module, int(call) if call is not None else None, props.get(CLASS_KEY, "")
 
 
 def write_node_tag(node: ir.Node, tag: NodeTag) -> None:
