@@ -197,6 +197,7 @@ _KEEP_IN_STAGED = (*_LAYER_KEYS, "image_size", "pretrain_image_size", "patch_siz
 # Settings keyed by layer index, and settings that name layers by index.
 _PER_LAYER_DICTS = ("per_layer_config",)
 _LAYER_INDEX_KEYS = ("vision_feature_layer", "vision_feature_layers")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TOKEN_ID = re.compile(r"(^|_)token_(id|index)$|_token_ids?$")
 
 # Per-model settings that no generic rule can guess; each entry says why.
@@ -258,6 +259,7 @@ class Row:
     check_passed: bool | None = None
     max_abs_diff: float | None = None
     warnings: list[str] = field(default_factory=list)
+    eager: str | None = None
     seconds: float = 0.0
 
 
@@ -463,14 +465,17 @@ def _child(model_dir: str, output: str, result_file: str, log_file: str) -> None
         errors.TaskError: "config-failed",
     }
     try:
-        exported = onnx_hierarchy.export(model_dir, output, check=True)
+        exported = onnx_hierarchy.export(model_dir, output, check=True, progress=progress)
     except errors.HierarchyError as error:
         status = next((s for cls, s in statuses.items() if isinstance(error, cls)), "crash")
-        result.update(status=status, detail=_first_line(error))
+        result.update(status=status, detail=_describe(error))
+        if status == "trace-failed":
+            save()
+            result["eager"] = _eager_error(model_dir)
     except Exception as error:
         # The check stage runs after the file is written: ONNX Runtime failing there is a failed check.
         status = "check-failed" if result["stage"] == "check" else "crash"
-        result.update(status=status, detail=f"{result['stage']}: {_first_line(error)}")
+        result.update(status=status, detail=f"{result['stage']}: {_describe(error)}")
     else:
         check = exported.check
         result.update(
@@ -484,6 +489,29 @@ def _child(model_dir: str, output: str, result_file: str, log_file: str) -> None
             warnings=list(exported.warnings),
         )
     save()
+
+
+def _eager_error(model_dir: str) -> str:
+    """Runs the model in plain PyTorch on the export's dummy inputs: ``ok``, or the error it raises.
+
+    A model that fails eagerly too is not stopped by a ``torch.export`` limitation but by its inputs
+    or its tiny config. Uses onnx_hierarchy's own loading and input generation, so the inputs match.
+    """
+    import torch
+
+    from onnx_hierarchy import _inputs, _source
+
+    try:
+        source = _source.resolve_source(model_dir)
+        _, model_class = _source.resolve_model_class(source.config, None)
+        _source.disable_cache(source.config)
+        model, _ = _source.build_model(source, model_class, structure_only=False, seed=0)
+        inputs = _inputs.generate_inputs(model, _inputs.InputShapes())
+        with torch.no_grad():
+            model(**inputs.tensors)
+    except Exception as error:
+        return _describe(error)
+    return "ok"
 
 
 def _meta_parameters(model_dir: str) -> tuple[int, str]:
@@ -500,9 +528,22 @@ def _meta_parameters(model_dir: str) -> tuple[int, str]:
     return sum(p.numel() for p in model.parameters()), type(model).__name__
 
 
+def _describe(error: BaseException) -> str:
+    """The error's first line, then its root cause's when that says something else."""
+    root = error
+    for _ in range(20):
+        cause = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
+        if cause is None:
+            break
+        root = cause
+    top, bottom = _first_line(error), _first_line(root)
+    return top if root is error or bottom in top else f"{top} <- {bottom}"[:600]
+
+
 def _first_line(error: BaseException) -> str:
     """The error's type and first line (two when the first only introduces the second)."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = _ANSI.sub("", str(error)).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     line = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
     return f"{type(error).__name__}: {line}"[:300] if line else type(error).__name__
 
@@ -683,6 +724,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per model (default 120)")
     parser.add_argument("--out", type=Path, help="write per-model rows to this JSON file")
     parser.add_argument("--resume", action="store_true", help="keep rows already in --out, survey the rest")
+    parser.add_argument("--redo", default="", help="with --resume: survey again rows of these statuses (a,b)")
     return parser.parse_args(argv)
 
 
@@ -695,8 +737,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("ignore")
     done: dict[str, Row] = {}
     if args.resume and args.out and args.out.is_file():
-        done = {r["model_type"]: Row(**r) for r in json.loads(args.out.read_text())}
+        redo = set(args.redo.split(","))
+        done = {r["model_type"]: Row(**r) for r in json.loads(args.out.read_text()) if r["status"] not in redo}
     types = model_types(args.only, args.limit, args.every)
+    others = [row for model_type, row in done.items() if model_type not in set(types)]
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(_HEAVY_MODULES))
     rows: list[Row] = []
@@ -706,7 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(row)
         print(f"[{index}/{len(types)}] {model_type:<32} {row.status:<15} {row.seconds:7.1f}s  {row.detail}", flush=True)
         if args.out:
-            args.out.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+            args.out.write_text(json.dumps([asdict(r) for r in [*others, *rows]], indent=1))
     print(f"\n{summarize(rows)}\nwall time: {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 

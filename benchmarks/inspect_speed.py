@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -92,12 +91,15 @@ def timed_inspection(path: Path) -> tuple[float, float, int]:
 
 
 def _peak_after_load(path: str, queue: multiprocessing.Queue[int]) -> None:
+    # A child process inherits its parent's peak-RSS mark; reset it so only this load counts.
+    Path("/proc/self/clear_refs").write_text("5")
     load(path)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    status = Path("/proc/self/status").read_text()
+    queue.put(int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))))
 
 
 def peak_memory_kb(path: Path) -> int:
-    """Peak resident memory of a fresh process that loads ``path``."""
+    """Peak resident memory (kB) of a child process while it loads ``path``."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_peak_after_load, args=(str(path), queue))

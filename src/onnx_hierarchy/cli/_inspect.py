@@ -16,6 +16,7 @@ from rich.table import Table
 
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import Output
+from onnx_hierarchy.errors import UnknownModuleError
 
 if TYPE_CHECKING:
     from onnx_hierarchy._hierarchy import Hierarchy
@@ -152,7 +153,7 @@ def summary_command(model: Path, module: str | None, cls: str | None, depth: int
 
 @click.command("dag")
 @_model_argument
-@click.option("--module", "-m", "module", default="", help="Module path (default: the whole model).")
+@click.option("--module", "-m", "module", default="", help="Module path, or a glob matching one module (default: all).")
 @click.option("--format", "fmt", type=click.Choice(["json", "graphml", "dot"]), default="json", show_default=True)
 def dag_command(model: Path, module: str, fmt: str) -> int:
     """The data-flow graph of a module: nodes, edges, order and boundary (JSON, GraphML or DOT)."""
@@ -161,7 +162,10 @@ def dag_command(model: Path, module: str, fmt: str) -> int:
     from onnx_hierarchy._dag import dag
 
     hierarchy = _load(model)
-    graph = dag(hierarchy, hierarchy.module(module).path)
+    matches = hierarchy.find(module) if module else [""]
+    if len(matches) > 1:
+        raise UnknownModuleError(f"{module!r} matches {len(matches)} modules ({matches[0]}, ...); dag takes one")
+    graph = dag(hierarchy, matches[0])
     if fmt == "json":
         sys.stdout.write(json.dumps(graph.to_json(), indent=1) + "\n")
     else:
