@@ -67,6 +67,8 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "vision_config": {**_TEXT, "image_size": 32, "patch_size": 8, "projection_dim": 16},
         "projection_dim": 16,
     },
+    # Shares one activation instance across layers: named_modules() lists it under every name.
+    "xlm": {"emb_dim": 32, "n_layers": 2, "n_heads": 2, "vocab_size": 99},
 }
 
 # Architectures the export issue requires, by modality: text, decoder, encoder-decoder, vision, audio, multimodal.

@@ -69,10 +69,11 @@ def test_module_tree_matches_named_modules(model_type: str, exported: Callable[[
     modules = schema.read_modules(exported(model_type).model)
     assert modules is not None
     reference = transformers.AutoModel.from_config(tiny_config(model_type))
-    assert [(m.path, m.cls) for m in modules] == [(p, type(m).__name__) for p, m in reference.named_modules()]
+    named = reference.named_modules(remove_duplicate=False)
+    assert [(m.path, m.cls) for m in modules] == [(p, type(m).__name__) for p, m in named]
     assert modules[0].parameters_total == sum(p.numel() for p in reference.parameters())
     by_path = schema.modules_by_path(modules)
-    for path, module in reference.named_modules():
+    for path, module in reference.named_modules(remove_duplicate=False):
         assert by_path[path].parameters == sum(p.numel() for p in module.parameters(recurse=False))
 
 

@@ -167,11 +167,11 @@ def export(
     onnx_model = onnx_program.model
 
     with clock("tag"):
-        modules = _module_tree.module_records(torch_model, traced.calls)
         stacks = _tagging.fx_module_stacks(
             onnx_program.exported_program,  # type: ignore[arg-type]
-            schema.modules_by_path(modules),
+            set(_module_tree.module_paths(torch_model)),
         )
+        modules = _module_tree.module_records(torch_model, traced.calls, _tagging.traced_calls(stacks))
         _tagging.TagNodesPass(stacks, modules, keep_stack_traces=keep_stack_traces)(onnx_model)
         record = _export_record(
             source, task_name, model_class, weights, seed, inputs, onnx_model, traced, structure_only

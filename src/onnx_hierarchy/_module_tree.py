@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -20,7 +20,7 @@ def count_calls(model: torch.nn.Module) -> Iterator[collections.Counter[str]]:
     """
     counts: collections.Counter[str] = collections.Counter()
     handles = []
-    for path, module in model.named_modules():
+    for path, module in model.named_modules():  # one hook per instance, under its first path
         handles.append(module.register_forward_pre_hook(lambda _m, _a, path=path: counts.update((path,))))
     try:
         yield counts
@@ -29,10 +29,22 @@ def count_calls(model: torch.nn.Module) -> Iterator[collections.Counter[str]]:
             handle.remove()
 
 
-def module_records(model: torch.nn.Module, calls: collections.Counter[str]) -> list[ModuleRecord]:
-    """Lists every module of ``named_modules()`` in order, with parameter counts and calls."""
+def module_paths(model: torch.nn.Module) -> list[str]:
+    """Every module path, aliases included: one instance registered under two names has both."""
+    return [path for path, _ in model.named_modules(remove_duplicate=False)]
+
+
+def module_records(
+    model: torch.nn.Module, hook_calls: collections.Counter[str], traced_calls: Mapping[str, int]
+) -> list[ModuleRecord]:
+    """Lists every module of ``named_modules()`` in order (aliases included), with parameters and calls.
+
+    ``traced_calls`` (from torch's module stacks, numbered per path) wins over ``hook_calls``, which count
+    per instance and so cannot tell the paths of a shared instance apart; hooks still count the modules
+    that emit no node, such as ``Dropout`` in eval mode.
+    """
     records = []
-    for path, module in model.named_modules():
+    for path, module in model.named_modules(remove_duplicate=False):
         cls = type(module)
         own = sum(p.numel() for p in module.parameters(recurse=False))
         total = sum(p.numel() for p in module.parameters())
@@ -44,7 +56,7 @@ def module_records(model: torch.nn.Module, calls: collections.Counter[str]) -> l
                 parent=None if path == "" else path.rpartition(".")[0],
                 parameters=own,
                 parameters_total=total,
-                calls=calls.get(path, 0),
+                calls=traced_calls.get(path, hook_calls.get(path, 0)),
             )
         )
     return records

@@ -10,7 +10,7 @@ their tagged neighbours, marked ``inferred``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import onnx_ir as ir
 import torch
@@ -24,8 +24,8 @@ Stack = tuple[tuple[str, int], ...]
 _ROOT: Stack = (("", 0),)
 
 
-def fx_module_stacks(program: torch.export.ExportedProgram, modules: Mapping[str, ModuleRecord]) -> dict[str, Stack]:
-    """Maps each FX node name to the chain of module calls that produced it."""
+def fx_module_stacks(program: torch.export.ExportedProgram, modules: Collection[str]) -> dict[str, Stack]:
+    """Maps each FX node name to the chain of module calls that produced it, for modules in ``modules``."""
     stacks: dict[str, Stack] = {}
     for fx_node in program.graph.nodes:
         if fx_node.op != "call_function":
@@ -37,6 +37,15 @@ def fx_module_stacks(program: torch.export.ExportedProgram, modules: Mapping[str
                 stack.append((path, _call_index(str(key))))
         stacks[fx_node.name] = tuple(stack)
     return stacks
+
+
+def traced_calls(stacks: Mapping[str, Stack]) -> dict[str, int]:
+    """Calls of each module that torch's stacks show: the highest call number plus one."""
+    calls: dict[str, int] = {}
+    for stack in stacks.values():
+        for path, call in stack[1:]:
+            calls[path] = max(calls.get(path, 0), call + 1)
+    return calls
 
 
 def _call_index(key: str) -> int:
