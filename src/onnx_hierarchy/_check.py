@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
+from onnx_hierarchy.errors import summarize
+
 __all__ = ["CheckResult", "OutputDifference", "compare_with_torch", "max_abs_diff"]
 
 
@@ -24,18 +26,24 @@ class OutputDifference:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """ONNX Runtime against PyTorch on the export's dummy inputs."""
+    """ONNX Runtime against PyTorch on the export's dummy inputs.
+
+    ``error`` says why ONNX Runtime could not load or run the model, when it could not.
+    """
 
     outputs: tuple[OutputDifference, ...]
     atol: float
+    error: str | None = None
 
     @property
     def max_abs_diff(self) -> float:
+        if self.error is not None:
+            return float("inf")
         return max((o.max_abs_diff for o in self.outputs), default=0.0)
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_diff <= self.atol
+        return self.error is None and self.max_abs_diff <= self.atol
 
 
 def compare_with_torch(
@@ -52,9 +60,11 @@ def compare_with_torch(
         expected = [leaf for leaf in pytree.tree_leaves(model(**inputs)) if isinstance(leaf, torch.Tensor)]
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    feeds = {i.name: inputs[i.name].numpy() for i in session.get_inputs()}
-    actual = session.run(None, feeds)
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        actual = session.run(None, {i.name: inputs[i.name].numpy() for i in session.get_inputs()})
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
+        return CheckResult((), atol, f"ONNX Runtime could not run the model: {summarize(error)}")
     differences = []
     for name, want, got in zip(output_names, expected, actual, strict=True):
         want_np = want.detach().numpy()

@@ -90,6 +90,7 @@ class ExportResult:
             if self.check is None
             else {
                 "passed": self.check.passed,
+                "error": self.check.error,
                 "atol": self.check.atol,
                 "max_abs_diff": self.check.max_abs_diff,
                 "outputs": {o.name: o.max_abs_diff for o in self.check.outputs},

@@ -123,7 +123,9 @@ def _render(result: ExportResult, show_tree: bool) -> Group:
     summary.add_row("inputs", ", ".join(f"{i.name}{list(i.shape)}" for i in record.inputs))
     summary.add_row("dynamic axes", ", ".join(axes) if axes else "none (static)")
     summary.add_row("time", " · ".join(f"{s.stage} {s.seconds:.1f} s" for s in result.stages))
-    if result.check is not None:
+    if result.check is not None and result.check.error is not None:
+        summary.add_row("check", f"[red]failed[/]: {escape(result.check.error)}")
+    elif result.check is not None:
         verdict = "[green]ok[/]" if result.check.passed else "[red]over tolerance[/]"
         summary.add_row("check", f"max abs diff {result.check.max_abs_diff:.2e} (atol {result.check.atol:g}) {verdict}")
     elif record.structure_only:
