@@ -258,6 +258,7 @@ class Row:
     package_traced: int | None = None
     check_passed: bool | None = None
     max_abs_diff: float | None = None
+    check_error: str | None = None
     warnings: list[str] = field(default_factory=list)
     eager: str | None = None
     seconds: float = 0.0
@@ -486,6 +487,7 @@ def _child(model_dir: str, output: str, result_file: str, log_file: str) -> None
             package_traced=exported.traced,
             check_passed=None if check is None else check.passed,
             max_abs_diff=None if check is None else check.max_abs_diff,
+            check_error=getattr(check, "error", None),
             warnings=list(exported.warnings),
         )
     save()
@@ -681,6 +683,8 @@ def _classify_export(row: Row, count: TagCount) -> None:
     check_note = None
     if row.status == "check-failed":
         check_note = row.detail
+    elif row.check_error:
+        check_note = row.check_error
     elif row.check_passed is not True:
         check_note = f"max |diff| {row.max_abs_diff:.3g}" if row.max_abs_diff is not None else "no check"
     if problems:
@@ -736,10 +740,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     warnings.simplefilter("ignore")
     done: dict[str, Row] = {}
-    if args.resume and args.out and args.out.is_file():
-        redo = set(args.redo.split(","))
-        done = {r["model_type"]: Row(**r) for r in json.loads(args.out.read_text()) if r["status"] not in redo}
     types = model_types(args.only, args.limit, args.every)
+    if args.resume and args.out and args.out.is_file():
+        redo = set(args.redo.split(",")) if args.redo else set()
+        for data in json.loads(args.out.read_text()):
+            if data["model_type"] not in types or data["status"] not in redo:
+                done[data["model_type"]] = Row(**data)
     others = [row for model_type, row in done.items() if model_type not in set(types)]
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(_HEAVY_MODULES))
