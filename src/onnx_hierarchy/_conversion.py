@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import logging
 import warnings
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import torch.utils._pytree as pytree
 
 from onnx_hierarchy._inputs import ModelInputs
 from onnx_hierarchy._module_tree import count_calls
-from onnx_hierarchy.errors import ConversionError, TraceError, summarize
+from onnx_hierarchy.errors import ConversionError, InputSpecError, TraceError, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,24 @@ def trace(model: torch.nn.Module, inputs: ModelInputs, *, dynamic: bool) -> Trac
     try:
         traced = _trace_once(model, inputs, None)
     except Exception as error:
+        eager_error = _eager_error(model, inputs)
+        if eager_error is not None:
+            raise InputSpecError(
+                f"{type(model).__name__} fails in PyTorch itself on the generated inputs ({summarize(eager_error)}); "
+                "describe the inputs it needs with --input-spec FILE.json"
+            ) from eager_error
         raise TraceError(f"torch.export could not trace {type(model).__name__}: {summarize(error)}") from error
     return TracedModel(traced.program, traced.calls, False, fallback_reason)
+
+
+def _eager_error(model: torch.nn.Module, inputs: ModelInputs) -> Exception | None:
+    """Runs the model once as plain PyTorch, to tell unfit inputs from what torch.export cannot trace."""
+    try:
+        with torch.no_grad(), quiet():
+            model(**{name: tensor.clone() for name, tensor in inputs.tensors.items()})
+    except Exception as error:  # any failure means the inputs, not the tracer, are at fault
+        return error
+    return None
 
 
 def _trace_once(
@@ -114,10 +131,15 @@ def _key_name(key: object) -> str:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silences torch's and onnxscript's progress chatter and internal warnings for one block."""
+    """Silences torch's and onnxscript's progress chatter, printed graphs and internal warnings for one block.
+
+    What they report matters only when a step fails, and then the raised error carries it.
+    """
     loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
     levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
+    # torch.export prints whole graph modules to stderr when it meets a data-dependent guard.
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         warnings.simplefilter("ignore")
         for lg in loggers:
             lg.setLevel(logging.ERROR)

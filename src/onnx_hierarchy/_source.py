@@ -96,7 +96,7 @@ def _looks_like_path(spec: str) -> bool:
 
 def _load_local_config(config_file: Path) -> transformers.PretrainedConfig:
     try:
-        data = json.loads(config_file.read_text())
+        data = json.loads(config_file.read_text(), object_hook=_special_floats)
     except OSError as error:
         raise ModelSourceError(f"{config_file}: cannot read ({error.strerror})") from error
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -106,11 +106,18 @@ def _load_local_config(config_file: Path) -> transformers.PretrainedConfig:
     model_type = data.pop("model_type")
     try:
         return transformers.AutoConfig.for_model(model_type, **data)
-    except (ValueError, KeyError, TypeError) as error:
+    except Exception as error:  # configs validate themselves with their own exception types
         raise ModelSourceError(
             f"{config_file}: transformers {transformers.__version__} cannot build a config of "
             f"model_type {model_type!r}: {summarize(error)}"
         ) from error
+
+
+def _special_floats(item: dict[str, Any]) -> Any:
+    """transformers writes non-finite floats into config.json as ``{"__float__": "Infinity"}``."""
+    if len(item) == 1 and "__float__" in item:
+        return float(item["__float__"])
+    return item
 
 
 def _load_hub_config(repo_id: str) -> transformers.PretrainedConfig:

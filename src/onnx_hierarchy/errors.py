@@ -56,6 +56,12 @@ class UnknownModuleError(HierarchyError):
 
 
 def summarize(error: BaseException) -> str:
-    """``Type: first line of the message``: enough to name what failed in a one-line error."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    """``Type: first line of the message`` of the root cause: enough to name what failed in one line.
+
+    torch.onnx wraps the real failure ("No ONNX function found for ...") in generic errors ("Failed to
+    convert the exported program ... step 3/3"), so the innermost cause is the one worth showing.
+    """
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__

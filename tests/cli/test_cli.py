@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import transformers
 
+from architectures import UNTRACEABLE
 from onnx_hierarchy.cli import main
 
 
@@ -40,6 +42,12 @@ def test_export_text_output_with_tree(
     assert "AlbertModel" in out and "3 calls" in out and "traced" in out
 
 
+def _untraceable(tmp: Path) -> Path:
+    model_type, overrides = UNTRACEABLE
+    transformers.AutoConfig.for_model(model_type, **overrides).save_pretrained(tmp / "untraceable")
+    return tmp / "untraceable"
+
+
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -62,14 +70,18 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path, Callable[[str], Path]], list[str]], 
         "cannot create folder",
     ),
     "hub offline": (lambda tmp, cfg: ["org/model", str(tmp / "out.onnx")], "HF_HUB_OFFLINE"),
-    "untraceable model": (
+    "inputs the model rejects": (
         lambda tmp, cfg: [
             str(cfg("bert")),
             str(tmp / "out.onnx"),
             "--input-spec",
             str(_write(tmp / "spec.json", json.dumps({"input_ids": {"shape": [1, 600]}}))),
         ],
-        "torch.export could not trace BertModel",
+        "BertModel fails in PyTorch itself on the generated inputs",
+    ),
+    "untraceable model": (
+        lambda tmp, cfg: [str(_untraceable(tmp)), str(tmp / "out.onnx")],
+        "torch.export could not trace LongformerModel: GuardOnDataDependentSymNode",
     ),
 }
 
