@@ -8,9 +8,13 @@ use, so importing the package, and ``onnx-hierarchy --help``, stay fast.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from onnx_hierarchy._version import __version__
+
+# The library logs and never prints; applications decide where its records go (the CLI: --debug).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from onnx_hierarchy._check import CheckResult, OutputDifference

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]  # accepted anywhere on the line, not only before the command
+    if debug:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
         code = cli.main(args=args, prog_name="onnx-hierarchy", standalone_mode=False)
     except click.exceptions.Exit as done:
