@@ -170,3 +170,16 @@ def test_bad_files(tmp_path: Path, exported: Callable[[str], Exported]) -> None:
     (tmp_path / "truncated.onnx").write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError):
         load(tmp_path / "truncated.onnx")
+
+
+def test_dag_and_summary_agree_on_a_structure_only_file(config_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    """Without initializers, weights are values nothing produces; neither side counts them as inputs."""
+    import onnx_hierarchy
+
+    result = onnx_hierarchy.export(config_dir("llama"), tmp_path / "s.onnx", structure_only=True)
+    hierarchy = load(result.output)
+    for s in module_stats(hierarchy, modules_at_depth(hierarchy, 1), edges=True):
+        graph = dag(hierarchy, s.path)
+        assert len(graph.boundary_inputs) == s.boundary_inputs, s.path
+        assert len(graph.boundary_outputs) == s.boundary_outputs, s.path
+    assert all(not name.endswith(".weight") for name in dag(hierarchy, "layers.0").boundary_inputs)

@@ -162,12 +162,12 @@ def dag(hierarchy: Hierarchy, module: str = "") -> Dag:
         for value, readers in consumers.items()
         if producer[value] in inside
     )
+    graph_inputs = set(hierarchy.graph_inputs)
     boundary_inputs: dict[str, None] = {}
     for node in nodes:
         for value in node.inputs:
-            if not value or value in hierarchy.initializers:
-                continue
-            if producer.get(value) not in inside:
+            # Weights are parameters: an initializer, or in a structure-only file a value nothing produces.
+            if value in graph_inputs or (value in producer and producer[value] not in inside):
                 boundary_inputs[value] = None
     graph_outputs = set(hierarchy.graph_outputs)
     boundary_outputs = tuple(

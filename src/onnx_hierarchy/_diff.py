@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from onnx_hierarchy._hierarchy import Hierarchy
-from onnx_hierarchy._stats import module_stats
 
 
 @dataclass(frozen=True)
@@ -27,20 +26,18 @@ def diff(a: Hierarchy, b: Hierarchy) -> list[ModuleDiff]:
 
     Own nodes (not descendants') are compared, so a difference shows once, at the module that has it.
     """
-    stats_a = {s.path: s for s in module_stats(a)}
-    stats_b = {s.path: s for s in module_stats(b)}
     own_ops_a, own_ops_b = _own_ops(a), _own_ops(b)
     result = []
-    for path in [*stats_a, *(p for p in stats_b if p not in stats_a)]:
+    for path in [*a.modules, *(p for p in b.modules if p not in a.modules)]:
         ops_a, ops_b = own_ops_a.get(path, {}), own_ops_b.get(path, {})
         changed = {op: (ops_a.get(op, 0), ops_b.get(op, 0)) for op in sorted({*ops_a, *ops_b})}
         changed = {op: counts for op, counts in changed.items() if counts[0] != counts[1]}
-        if changed or (path in stats_a) != (path in stats_b):
+        if changed or (path in a.modules) != (path in b.modules):
             result.append(
                 ModuleDiff(
                     path,
-                    stats_a[path].own_nodes if path in stats_a else None,
-                    stats_b[path].own_nodes if path in stats_b else None,
+                    sum(ops_a.values()) if path in a.modules else None,
+                    sum(ops_b.values()) if path in b.modules else None,
                     changed,
                 )
             )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from onnx_hierarchy._hierarchy import Hierarchy
@@ -34,7 +34,6 @@ class ModuleStats:
     internal_edges: int | None = None
     boundary_inputs: int | None = None
     boundary_outputs: int | None = None
-    children: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -87,7 +86,6 @@ def module_stats(hierarchy: Hierarchy, paths: Iterable[str] | None = None, *, ed
                 internal_edges=flow[0][path] if flow else None,
                 boundary_inputs=len(flow[1][path]) if flow else None,
                 boundary_outputs=len(flow[2][path]) if flow else None,
-                children=tuple(hierarchy.children(path)),
             )
         )
     return result

@@ -27,7 +27,8 @@ __all__ = ["cli", "main"]
 @click.version_option(__version__, prog_name="onnx-hierarchy")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def cli(debug: bool) -> None:
-    """Export Hugging Face models to ONNX with every node tagged by the nn.Module that produced it."""
+    """Export Hugging Face models to ONNX with every node tagged by the nn.Module that produced it,
+    and inspect any ONNX model module by module (tree, nodes, summary, dag, diff, validate)."""
 
 
 for command in (export_command, tree_command, nodes_command, summary_command, dag_command, diff_command):
