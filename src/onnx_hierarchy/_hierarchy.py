@@ -138,15 +138,6 @@ class Hierarchy:
             return [n for n in self.node_list if n.module == module]
         return [n for n in self.node_list if _within(n.module, module)]
 
-    def depth(self, path: str) -> int:
-        """0 for the root, 1 for its children, and so on."""
-        depth = 0
-        record = self.modules[path]
-        while record.parent is not None:
-            depth += 1
-            record = self.modules[record.parent]
-        return depth
-
     def walk(self, path: str = "") -> Iterator[str]:
         """``path`` and its descendants, depth first, in ``named_modules()`` order."""
         yield path

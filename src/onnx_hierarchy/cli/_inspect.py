@@ -58,8 +58,13 @@ def tree_command(model: Path, module: str | None, cls: str | None, depth: int | 
 
     hierarchy = _load(model)
     roots = _selected(hierarchy, module, cls)
-    paths = [p for root in roots for p in hierarchy.walk(root) if _within_depth(hierarchy, p, root, depth)]
     every = {s.path: s for s in module_stats(hierarchy)}
+    paths = [
+        path
+        for root in roots
+        for path in hierarchy.walk(root)
+        if depth is None or every[path].depth - every[root].depth <= depth
+    ]
     rows = [every[p].to_json() for p in dict.fromkeys(paths)]
     out = Output(fmt)
     if fmt == "text":
@@ -74,10 +79,6 @@ def tree_command(model: Path, module: str | None, cls: str | None, depth: int | 
     else:
         _table(out, fmt, rows, ["path", "class", "own_nodes", "nodes", "parameters", "calls", "ops"])
     return EXIT_OK
-
-
-def _within_depth(hierarchy: Hierarchy, path: str, root: str, depth: int | None) -> bool:
-    return depth is None or hierarchy.depth(path) - hierarchy.depth(root) <= depth
 
 
 @click.command("nodes")
