@@ -10,9 +10,10 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
+from onnx_hierarchy._runtime import max_abs_diff
 from onnx_hierarchy.errors import summarize
 
-__all__ = ["CheckResult", "OutputDifference", "compare_with_torch", "max_abs_diff"]
+__all__ = ["CheckResult", "OutputDifference", "compare_with_torch"]
 
 
 @dataclass(frozen=True)
@@ -70,15 +71,3 @@ def compare_with_torch(
         want_np = want.detach().numpy()
         differences.append(OutputDifference(name, tuple(want_np.shape), max_abs_diff(want_np, np.asarray(got))))
     return CheckResult(tuple(differences), atol)
-
-
-def max_abs_diff(expected: np.ndarray, actual: np.ndarray) -> float:
-    """Largest absolute difference; NaN or inf where both sides have it counts as equal, elsewhere as inf."""
-    if expected.shape != actual.shape:
-        return float("inf")
-    want, got = expected.astype(np.float64), actual.astype(np.float64)
-    same = (want == got) | (np.isnan(want) & np.isnan(got))
-    with np.errstate(invalid="ignore"):  # inf - inf: decided by `same` and the line below
-        diff = np.where(same, 0.0, np.abs(want - got))
-    diff = np.where(np.isnan(diff), np.inf, diff)
-    return float(diff.max()) if diff.size else 0.0

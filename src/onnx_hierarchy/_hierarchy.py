@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
 
-from onnx_hierarchy import schema
-from onnx_hierarchy.errors import ModelFileError, UnknownModuleError
+from onnx_hierarchy import _reading, schema
+from onnx_hierarchy.errors import UnknownModuleError
 from onnx_hierarchy.schema import ModuleRecord
 
 SOURCES = ("hierarchy", "torch-name-scopes", "scoped-names", "none")
@@ -136,7 +135,7 @@ class Hierarchy:
         self.module(module)
         if own:
             return [n for n in self.node_list if n.module == module]
-        return [n for n in self.node_list if _within(n.module, module)]
+        return [n for n in self.node_list if within(n.module, module)]
 
     def walk(self, path: str = "") -> Iterator[str]:
         """``path`` and its descendants, depth first, in ``named_modules()`` order."""
@@ -145,7 +144,8 @@ class Hierarchy:
             yield from self.walk(child)
 
 
-def _within(module: str, ancestor: str) -> bool:
+def within(module: str, ancestor: str) -> bool:
+    """Whether ``module`` is ``ancestor`` or one of its descendants."""
     return ancestor == "" or module == ancestor or module.startswith(ancestor + ".")
 
 
@@ -155,8 +155,12 @@ def load(path: str | os.PathLike[str]) -> Hierarchy:
     Raises:
         ModelFileError: The file is missing, not ONNX, or truncated.
     """
+    return from_proto(path, _reading.read_proto(path))
+
+
+def from_proto(path: str | os.PathLike[str], model: onnx.ModelProto) -> Hierarchy:
+    """The hierarchy of a model already read by :func:`onnx_hierarchy._reading.read_proto`."""
     path = Path(path)
-    model = _read_proto(path)
     metadata = {p.key: p.value for p in model.metadata_props}
     raw_nodes = list(_walk_nodes(model.graph))
     props = [{p.key: p.value for p in node.metadata_props} for node, _ in raw_nodes]
@@ -201,18 +205,6 @@ def load(path: str | os.PathLike[str]) -> Hierarchy:
         initializers=initializers,
         unrecorded=frozenset(modules) - {m.path for m in recorded} if recorded is not None else frozenset(),
     )
-
-
-def _read_proto(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such file")
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError) as error:
-        raise ModelFileError(f"{path}: not a readable ONNX model (truncated or not ONNX): {error}") from error
-    if model.ir_version == 0 or not model.HasField("graph"):
-        raise ModelFileError(f"{path}: not an ONNX model (no graph)")
-    return model
 
 
 def _walk_nodes(graph: onnx.GraphProto) -> Iterator[tuple[onnx.NodeProto, int | None]]:

@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from onnx_hierarchy import _wire
 from onnx_hierarchy.errors import OutputError
 
 # Protobuf cannot hold more than 2 GiB; keep headroom for the graph itself.
@@ -95,15 +96,11 @@ def write_single_file(model: ir.Model, path: Path) -> None:
     tensors = [_tensor_field(value) for value in initializers]
     with open(path, "wb") as file:
         file.write(proto.SerializeToString())
-        file.write(_key(_MODEL_GRAPH) + _varint(len(graph) + sum(len(h) + len(d) for h, d in tensors)))
+        file.write(_wire.key(_wire.MODEL_GRAPH) + _wire.varint(len(graph) + sum(len(h) + len(d) for h, d in tensors)))
         file.write(graph)
         for header, data in tensors:
             file.write(header)
             file.write(data)
-
-
-# Field numbers of onnx.proto3.
-_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
 
 
 def _tensor_field(value: ir.Value) -> tuple[bytes, bytes]:
@@ -112,21 +109,8 @@ def _tensor_field(value: ir.Value) -> tuple[bytes, bytes]:
     assert tensor is not None
     proto = onnx.TensorProto(name=value.name, dims=list(tensor.shape.numpy()), data_type=tensor.dtype.value)
     data = tensor.tobytes()
-    body = proto.SerializeToString() + _key(_TENSOR_RAW_DATA) + _varint(len(data))
-    return _key(_GRAPH_INITIALIZER) + _varint(len(body) + len(data)) + body, data
-
-
-def _key(field: int) -> bytes:
-    return _varint(field << 3 | 2)  # wire type 2: length-delimited
-
-
-def _varint(number: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, number = number & 0x7F, number >> 7
-        out.append(byte | (0x80 if number else 0))
-        if not number:
-            return bytes(out)
+    body = proto.SerializeToString() + _wire.key(_wire.TENSOR_RAW_DATA) + _wire.varint(len(data))
+    return _wire.key(_wire.GRAPH_INITIALIZER) + _wire.varint(len(body) + len(data)) + body, data
 
 
 @contextlib.contextmanager

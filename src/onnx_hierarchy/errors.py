@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConversionError",
+    "ExtractionError",
     "HierarchyError",
     "InputSpecError",
     "ModelFileError",
@@ -53,6 +54,10 @@ class ModelFileError(HierarchyError):
 
 class UnknownModuleError(HierarchyError):
     """A module path, pattern or class matches no module of the model."""
+
+
+class ExtractionError(HierarchyError):
+    """A module exists but no standalone piece can be cut from it (no nodes, no such call)."""
 
 
 def summarize(error: BaseException) -> str:

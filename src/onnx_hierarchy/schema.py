@@ -11,7 +11,8 @@ Per node (``NodeProto.metadata_props``):
     ``hierarchy.source``  ``traced`` or ``inferred``.
 
 Per model (``ModelProto.metadata_props``): ``hierarchy.version``, ``hierarchy.modules`` (JSON module
-tree) and ``hierarchy.export`` (JSON export record).
+tree), ``hierarchy.export`` (JSON export record) and, in a piece cut out of a model, ``hierarchy.piece``
+(JSON: which module of which model it holds).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "MODULES_KEY",
     "MODULE_KEY",
     "NAMESPACE_KEY",
+    "PIECE_KEY",
     "SCHEMA_VERSION",
     "SOURCE_KEY",
     "TAG_KEY",
@@ -45,6 +47,7 @@ __all__ = [
     "InputRecord",
     "ModuleRecord",
     "NodeTag",
+    "PieceRecord",
     "TagSource",
     "class_path",
     "modules_by_path",
@@ -52,11 +55,14 @@ __all__ = [
     "read_modules",
     "read_node_module",
     "read_node_tag",
+    "read_piece_record",
     "read_torch_class_hierarchy",
     "read_torch_name_scopes",
     "replace_empty_stack_marker",
     "write_model_metadata",
+    "write_modules",
     "write_node_tag",
+    "write_piece_record",
 ]
 
 SCHEMA_VERSION = "1.0"
@@ -71,6 +77,7 @@ NAMESPACE_KEY = "namespace"
 VERSION_KEY = "hierarchy.version"
 MODULES_KEY = "hierarchy.modules"
 EXPORT_KEY = "hierarchy.export"
+PIECE_KEY = "hierarchy.piece"
 
 TORCH_NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 TORCH_STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
@@ -230,6 +237,48 @@ class ExportRecord:
         return cls(**{**fields, "inputs": inputs, "outputs": tuple(data["outputs"])})
 
 
+@dataclass(frozen=True)
+class PieceRecord:
+    """Where an extracted piece comes from, so that it can be traced back to (and checked against) its model.
+
+    Attributes:
+        model: File name of the model the piece was cut from.
+        module: Path of the module the piece holds, with its descendants.
+        cls: That module's class name.
+        call: The one call of a shared module the piece holds; ``None`` for all of its calls.
+        inputs: Names of the values the piece reads from the rest of the model, in order.
+        outputs: Names of the values the rest of the model reads from the piece, in order.
+    """
+
+    model: str
+    module: str
+    cls: str
+    call: int | None
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "module": self.module,
+            "class": self.cls,
+            "call": self.call,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PieceRecord:
+        return cls(
+            model=data["model"],
+            module=data["module"],
+            cls=data["class"],
+            call=data.get("call"),
+            inputs=tuple(data["inputs"]),
+            outputs=tuple(data["outputs"]),
+        )
+
+
 # Readers take an onnx-ir object or its metadata as a plain mapping (read from protobuf by fast paths).
 HasMetadata = ir.Node | ir.Model | Mapping[str, str]
 
@@ -335,9 +384,14 @@ def class_path(path: str, modules: Mapping[str, ModuleRecord]) -> str:
 
 def write_model_metadata(model: ir.Model, modules: Sequence[ModuleRecord], record: ExportRecord) -> None:
     """Writes the model-level hierarchy metadata."""
+    write_modules(model, modules)
+    model.metadata_props[EXPORT_KEY] = json.dumps(record.to_json(), separators=(",", ":"))
+
+
+def write_modules(model: ir.Model, modules: Sequence[ModuleRecord]) -> None:
+    """Writes the module tree (and the schema version it follows)."""
     model.metadata_props[VERSION_KEY] = SCHEMA_VERSION
     model.metadata_props[MODULES_KEY] = json.dumps([m.to_json() for m in modules], separators=(",", ":"))
-    model.metadata_props[EXPORT_KEY] = json.dumps(record.to_json(), separators=(",", ":"))
 
 
 def read_modules(model: HasMetadata) -> list[ModuleRecord] | None:
@@ -354,6 +408,19 @@ def read_export_record(model: HasMetadata) -> ExportRecord | None:
     if raw is None:
         return None
     return ExportRecord.from_json(json.loads(raw))
+
+
+def write_piece_record(model: ir.Model, record: PieceRecord) -> None:
+    """Marks a model as a piece of another one."""
+    model.metadata_props[PIECE_KEY] = json.dumps(record.to_json(), separators=(",", ":"))
+
+
+def read_piece_record(model: HasMetadata) -> PieceRecord | None:
+    """Returns which module of which model a piece holds, or ``None`` when the model is not a piece."""
+    raw = _props(model).get(PIECE_KEY)
+    if raw is None:
+        return None
+    return PieceRecord.from_json(json.loads(raw))
 
 
 def modules_by_path(modules: Iterable[ModuleRecord]) -> dict[str, ModuleRecord]:

@@ -11,6 +11,7 @@ import click
 from onnx_hierarchy._version import __version__
 from onnx_hierarchy.cli import _errors
 from onnx_hierarchy.cli._export import export_command
+from onnx_hierarchy.cli._extract import extract_command
 from onnx_hierarchy.cli._inspect import (
     dag_command,
     diff_command,
@@ -28,12 +29,14 @@ __all__ = ["cli", "main"]
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def cli(debug: bool) -> None:
     """Export Hugging Face models to ONNX with every node tagged by the nn.Module that produced it,
-    and inspect any ONNX model module by module (tree, nodes, summary, dag, diff, validate)."""
+    inspect any ONNX model module by module (tree, nodes, summary, dag, diff, validate), and cut any module
+    out as a standalone model (extract)."""
 
 
 for command in (export_command, tree_command, nodes_command, summary_command, dag_command, diff_command):
     cli.add_command(command)
 cli.add_command(validate_command)
+cli.add_command(extract_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Group
 from rich.markup import escape
-from rich.table import Table
 
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
-from onnx_hierarchy.cli._output import Output
+from onnx_hierarchy.cli._output import TABLE_FORMATS, Output, render_table
 from onnx_hierarchy.errors import UnknownModuleError
 
 if TYPE_CHECKING:
     from onnx_hierarchy._hierarchy import Hierarchy
 
-_TABLE_FORMATS = click.Choice(["text", "json", "csv", "markdown"])
 _model_argument = click.argument("model", type=click.Path(path_type=Path))
 
 
@@ -50,7 +46,7 @@ def _selected(hierarchy: Hierarchy, module: str | None, cls: str | None, default
 @_selection
 @click.option("--depth", type=click.IntRange(min=0), help="Show modules at most this far below each selected one.")
 @click.option("--expand", is_flag=True, help="Do not collapse repeated identical siblings.")
-@click.option("--format", "fmt", type=_TABLE_FORMATS, default="text", show_default=True)
+@click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
 def tree_command(model: Path, module: str | None, cls: str | None, depth: int | None, expand: bool, fmt: str) -> int:
     """The module tree: class, nodes (own and with descendants), parameters, op types and calls."""
     from onnx_hierarchy._stats import module_stats
@@ -77,7 +73,7 @@ def tree_command(model: Path, module: str | None, cls: str | None, depth: int | 
         ]
         out.result(Group(header, *trees), rows)
     else:
-        _table(out, fmt, rows, ["path", "class", "own_nodes", "nodes", "parameters", "calls", "ops"])
+        render_table(out, fmt, rows, ["path", "class", "own_nodes", "nodes", "parameters", "calls", "ops"])
     return EXIT_OK
 
 
@@ -85,7 +81,7 @@ def tree_command(model: Path, module: str | None, cls: str | None, depth: int | 
 @_model_argument
 @_selection
 @click.option("--own", is_flag=True, help="Only the module's own nodes, not its descendants'.")
-@click.option("--format", "fmt", type=_TABLE_FORMATS, default="text", show_default=True)
+@click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
 def nodes_command(model: Path, module: str | None, cls: str | None, own: bool, fmt: str) -> int:
     """A module's nodes in execution order: name, op type, inputs, outputs, module."""
     hierarchy = _load(model)
@@ -106,7 +102,7 @@ def nodes_command(model: Path, module: str | None, cls: str | None, own: bool, f
         }
         for _, n in sorted(seen.items())
     ]
-    _table(Output(fmt), fmt, rows, ["index", "name", "op_type", "inputs", "outputs", "module", "call"])
+    render_table(Output(fmt), fmt, rows, ["index", "name", "op_type", "inputs", "outputs", "module", "call"])
     return EXIT_OK
 
 
@@ -114,7 +110,7 @@ def nodes_command(model: Path, module: str | None, cls: str | None, own: bool, f
 @_model_argument
 @_selection
 @click.option("--depth", type=click.IntRange(min=0), default=1, show_default=True, help="Depth of the rows.")
-@click.option("--format", "fmt", type=_TABLE_FORMATS, default="text", show_default=True)
+@click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
 def summary_command(model: Path, module: str | None, cls: str | None, depth: int, fmt: str) -> int:
     """One row per module at DEPTH: operations, internal edges, boundary inputs and outputs, parameters."""
     from onnx_hierarchy._stats import module_stats, modules_at_depth, total_row
@@ -148,7 +144,7 @@ def summary_command(model: Path, module: str | None, cls: str | None, depth: int
         }
     )
     columns = ["module", "class", "ops", "internal_edges", "boundary_inputs", "boundary_outputs", "parameters"]
-    _table(Output(fmt), fmt, rows, columns)
+    render_table(Output(fmt), fmt, rows, columns)
     return EXIT_OK
 
 
@@ -177,7 +173,7 @@ def dag_command(model: Path, module: str, fmt: str) -> int:
 @click.command("diff")
 @click.argument("model_a", type=click.Path(path_type=Path))
 @click.argument("model_b", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=_TABLE_FORMATS, default="text", show_default=True)
+@click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
 def diff_command(model_a: Path, model_b: Path, fmt: str) -> int:
     """Per-module differences in node counts and op types between two models."""
     from onnx_hierarchy._diff import diff
@@ -198,7 +194,7 @@ def diff_command(model_a: Path, model_b: Path, fmt: str) -> int:
     elif not rows and fmt == "text":
         out.result("no differences in node counts or op types", [])
     else:
-        _table(out, fmt, rows, ["module", "nodes_a", "nodes_b", "ops"])
+        render_table(out, fmt, rows, ["module", "nodes_a", "nodes_b", "ops"])
     return EXIT_OK
 
 
@@ -217,36 +213,3 @@ def validate_command(model: Path, fmt: str) -> int:
         human = "\n".join([f"[red]{len(report.problems)} problem(s)[/]", *(f"  {escape(p)}" for p in report.problems)])
     Output(fmt).result(human, data)
     return EXIT_OK if report.ok else EXIT_CHECK_FAILED
-
-
-def _table(out: Output, fmt: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Renders rows as a rich table, JSON, CSV or a Markdown table."""
-    if fmt == "json":
-        out.result("", list(rows))
-        return
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(cells)
-        sys.stdout.write(buffer.getvalue())
-    elif fmt == "markdown":
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
-        sys.stdout.write("\n".join(lines) + "\n")
-    else:
-        table = Table(*columns, box=None, header_style="bold")
-        for row in cells:
-            table.add_row(*(escape(c) for c in row))
-        out.result(table, list(rows))
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {v}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return " ".join(str(v) for v in value)
-    return str(value)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import click
 from rich.console import Console, RenderableType
 from rich.markup import escape
+from rich.table import Table
+
+# Formats of commands whose result is a table.
+TABLE_FORMATS = click.Choice(["text", "json", "csv", "markdown"])
 
 
 class Output:
@@ -62,3 +69,36 @@ def _console(file: Any) -> Console:
     if not console.is_terminal:
         console.width = max(console.width, 160)
     return console
+
+
+def render_table(out: Output, fmt: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Renders rows as a rich table, JSON, CSV or a Markdown table."""
+    if fmt == "json":
+        out.result("", list(rows))
+        return
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(cells)
+        sys.stdout.write(buffer.getvalue())
+    elif fmt == "markdown":
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+        sys.stdout.write("\n".join(lines) + "\n")
+    else:
+        table = Table(*columns, box=None, header_style="bold")
+        for row in cells:
+            table.add_row(*(escape(c) for c in row))
+        out.result(table, list(rows))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)

@@ -1,0 +1,472 @@
+"""``extract``: any module of a tagged model as a standalone ONNX model, checked against the whole.
+
+A piece holds the nodes of one module and its descendants (optionally of one call of a shared module).
+Its inputs are the values those nodes read from the rest of the model; its outputs the values the rest
+of the model (or the model's caller) reads from them; the weights they use go with them. Nothing is
+guessed: the cut follows the tags, and a cut the tags do not allow is an error.
+
+The model is read once (:mod:`onnx_hierarchy._reading`: weights stay on disk until a piece that uses
+them is written), so cutting every module of a model costs about as much as writing the pieces.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from onnx_hierarchy import _hierarchy, _reading, _runtime, _saving, _stats, schema
+from onnx_hierarchy.errors import ExtractionError, ModelFileError, OutputError
+from onnx_hierarchy.schema import PieceRecord
+
+__all__ = ["DEFAULT_ATOL", "ExtractResult", "Piece", "PieceCheck", "SkippedModule", "extract", "extract_all"]
+
+# A piece must reproduce the whole model's values to this absolute difference to pass.
+DEFAULT_ATOL = 1e-6
+
+ProgressCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One module written as its own model.
+
+    Attributes:
+        module: Path of the module (``""`` for the root).
+        cls: Its class name.
+        call: The call it holds, for one call of a shared module; ``None`` for all calls.
+        output: The ONNX file.
+        files: Every file written (the ONNX file, and external data for large pieces).
+        nodes: Nodes of the piece, in subgraphs too.
+        internal_edges: Edges (producer, consumer, value) inside the piece.
+        inputs: Values the piece reads from the rest of the model.
+        outputs: Values the rest of the model reads from the piece, or returns.
+        parameters: Elements of the weights the piece carries.
+    """
+
+    module: str
+    cls: str
+    call: int | None
+    output: Path
+    files: tuple[Path, ...]
+    nodes: int
+    internal_edges: int
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    parameters: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "class": self.cls,
+            "call": self.call,
+            "output": str(self.output),
+            "files": [str(f) for f in self.files],
+            "nodes": self.nodes,
+            "internal_edges": self.internal_edges,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "parameters": self.parameters,
+        }
+
+
+@dataclass(frozen=True)
+class PieceCheck:
+    """How closely one piece, fed the whole model's values at its inputs, reproduced its outputs.
+
+    ``error`` says why the piece could not be checked or run (the checker's or ONNX Runtime's message).
+    """
+
+    module: str
+    call: int | None
+    max_abs_diff: float
+    atol: float
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.max_abs_diff <= self.atol
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "call": self.call,
+            "max_abs_diff": self.max_abs_diff,
+            "atol": self.atol,
+            "passed": self.passed,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class SkippedModule:
+    """A selected module that yields no piece, and why."""
+
+    module: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What ``extract`` wrote and, with ``check``, how each piece compared with the whole.
+
+    Attributes:
+        model: The model the pieces were cut from.
+        pieces: Pieces written, in module tree order.
+        skipped: Selected modules without nodes.
+        checks: One per piece when checked, in the same order.
+        check_note: Why pieces were not checked although asked (structure-only model, model that does
+            not run).
+    """
+
+    model: Path
+    pieces: tuple[Piece, ...]
+    skipped: tuple[SkippedModule, ...] = ()
+    checks: tuple[PieceCheck, ...] = ()
+    check_note: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """No piece failed its check (vacuously true when nothing was checked)."""
+        return all(c.passed for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        checks = {(c.module, c.call): c for c in self.checks}
+        return {
+            "model": str(self.model),
+            "pieces": [
+                {**p.to_json(), "check": checks[(p.module, p.call)].to_json() if (p.module, p.call) in checks else None}
+                for p in self.pieces
+            ],
+            "skipped": [{"module": s.module, "reason": s.reason} for s in self.skipped],
+            "check_note": self.check_note,
+            "passed": self.passed,
+        }
+
+
+def extract(
+    model: str | os.PathLike[str],
+    module: str,
+    output: str | os.PathLike[str],
+    *,
+    call: int | None = None,
+    check: bool = False,
+    atol: float = DEFAULT_ATOL,
+    inputs: str | os.PathLike[str] | None = None,
+) -> ExtractResult:
+    """Writes one module of a tagged model as a standalone ONNX model.
+
+    Args:
+        model: A model exported by onnx-hierarchy (its nodes carry hierarchy tags).
+        module: Module path, e.g. ``encoder.layer.0.attention``; ``""`` is the root.
+        output: The piece's ONNX file.
+        call: Only this call (0-based) of a module that ran more than once.
+        check: Run the whole model and the piece in ONNX Runtime and compare the piece's outputs.
+        atol: Largest absolute difference a checked piece may have.
+        inputs: ``.npz`` file with the model's inputs for the check; generated when omitted.
+
+    Raises:
+        ModelFileError: The model is unreadable or carries no hierarchy tags.
+        UnknownModuleError: No such module (the message suggests close paths).
+        ExtractionError: The module has no nodes, or ``call`` is not one of its calls.
+        OutputError: ``output`` cannot be written.
+    """
+    output = Path(output)
+    source = _TaggedModel(Path(model))
+    source.hierarchy.module(module)
+    source.check_output(output)
+    cut = source.cut(module, call)
+    pieces = (source.write(cut, output),)
+    return _finish(source, pieces, (), check, atol, inputs)
+
+
+def extract_all(
+    model: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    pattern: str | None = None,
+    depth: int | None = None,
+    cls: str | None = None,
+    check: bool = False,
+    atol: float = DEFAULT_ATOL,
+    inputs: str | os.PathLike[str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> ExtractResult:
+    """Writes every selected module with nodes as ``OUTPUT_DIR/<module path>.onnx`` (the root: ``root.onnx``).
+
+    Without a selection every module is cut. ``pattern`` (a glob over paths), ``depth`` (the modules that
+    many levels down, with shallower leaves, as ``summary --depth`` shows them) and ``cls`` narrow it.
+    Modules without nodes are listed as skipped. Everything is validated before the first file is written.
+
+    Raises:
+        ModelFileError, UnknownModuleError, OutputError: As :func:`extract`.
+    """
+    output_dir = Path(output_dir)
+    source = _TaggedModel(Path(model))
+    hierarchy = source.hierarchy
+    selected = hierarchy.find(pattern, cls) if pattern is not None or cls is not None else list(hierarchy.modules)
+    if depth is not None:
+        covering = set(_stats.modules_at_depth(hierarchy, depth))
+        selected = [path for path in selected if path in covering]
+    skipped = tuple(SkippedModule(p, "no nodes in the graph") for p in selected if not source.has_nodes(p))
+    wanted = [p for p in selected if source.has_nodes(p)]
+    if not wanted:
+        raise ExtractionError(f"{source.path}: none of the {len(selected)} selected module(s) has nodes")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(f"{output_dir}: exists and is not a folder")
+    cuts = [source.cut(path, None) for path in wanted]
+    for cut in cuts:
+        source.check_output(output_dir / _file_name(cut.module))
+    pieces = []
+    for number, cut in enumerate(cuts, 1):
+        if progress:
+            progress(f"writing {number}/{len(cuts)}: {cut.module or '(root)'}")
+        pieces.append(source.write(cut, output_dir / _file_name(cut.module)))
+    if check and progress:
+        progress(f"checking {len(pieces)} pieces")
+    return _finish(source, tuple(pieces), skipped, check, atol, inputs)
+
+
+def _file_name(module: str) -> str:
+    return f"{module or 'root'}.onnx"
+
+
+@dataclass(frozen=True)
+class _Cut:
+    module: str
+    call: int | None
+    nodes: list[ir.Node]
+    inputs: list[ir.Value]
+    outputs: list[ir.Value]
+    weights: list[ir.Value]
+    node_count: int
+    internal_edges: int
+
+
+class _TaggedModel:
+    """A tagged model read once, with the module and call of each top-level node."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.proto = _reading.read_proto(path)
+        self.hierarchy = _hierarchy.from_proto(path, self.proto)
+        if self.hierarchy.source != "hierarchy":
+            raise ModelFileError(
+                f"{path}: nodes carry no hierarchy tags (modules could only be derived from "
+                f"{self.hierarchy.source}); export the model with `onnx-hierarchy export MODEL OUTPUT.onnx` to tag it"
+            )
+        self.model = ir.serde.deserialize_model(self.proto)
+        ir.external_data.set_base_dir(self.model.graph, path.parent)
+        top_level = [info for info in self.hierarchy.node_list if info.parent is None]
+        self.tags = {node: (info.module, info.call) for node, info in zip(self.model.graph, top_level, strict=True)}
+        self.owners = _subgraph_owners(self.model.graph)
+        self.export_record = schema.read_export_record(self.model)
+
+    def has_nodes(self, module: str) -> bool:
+        return any(_hierarchy.within(m, module) for m, _ in self.tags.values())
+
+    def check_output(self, output: Path) -> None:
+        if output.resolve() == self.path.resolve():
+            raise OutputError(f"{output}: is the model being cut; write the piece elsewhere")
+        _saving.check_writable(output)
+
+    def cut(self, module: str, call: int | None) -> _Cut:
+        """The nodes of ``module`` (one call of it, or all) and the values crossing their border."""
+        record = self.hierarchy.module(module)
+        last = max(record.calls, 1) - 1
+        if call is not None and not 0 <= call <= last:
+            raise ExtractionError(
+                f"{self.path}: {module or '(root)'} ran {record.calls} time(s); --call takes 0 to {last}"
+            )
+        nodes = [
+            node
+            for node, (owner, owner_call) in self.tags.items()
+            if _hierarchy.within(owner, module)
+            and (call is None or self._call_within(module, owner, owner_call) == call)
+        ]
+        if not nodes:
+            which = f"call {call} of " if call is not None else ""
+            raise ExtractionError(
+                f"{self.path}: {which}module {module or '(root)'} ({record.cls}) has no nodes in the graph "
+                "(its computation was folded into constants or merged into other modules); pick a module that has "
+                "nodes, e.g. with `onnx-hierarchy summary`"
+            )
+        return _boundary(module, call, nodes, self.owners, self.model.graph)
+
+    def _call_within(self, module: str, owner: str, owner_call: int | None) -> int:
+        """Which call of ``module`` ran a node tagged with call ``owner_call`` of ``owner``, a descendant.
+
+        A module that runs once per call of its ancestor has calls ``k * n .. k * n + n - 1`` inside its
+        ancestor's call ``k``; anything else cannot be split by call from the tags.
+        """
+        calls = self.hierarchy.modules[module].calls
+        if calls <= 1:
+            return 0
+        owner_calls = max(self.hierarchy.modules[owner].calls, 1)
+        if owner_calls % calls:
+            raise ExtractionError(
+                f"{self.path}: {owner} ran {owner_calls} times within {calls} calls of {module}; "
+                "its nodes cannot be split by call: extract all calls (no --call)"
+            )
+        return (owner_call or 0) // (owner_calls // calls)
+
+    def write(self, cut: _Cut, output: Path) -> Piece:
+        piece = self._piece_model(cut)
+        files = _saving.save_atomically(piece, output)
+        return Piece(
+            module=cut.module,
+            cls=self.hierarchy.modules[cut.module].cls,
+            call=cut.call,
+            output=output,
+            files=tuple(files),
+            nodes=cut.node_count,
+            internal_edges=cut.internal_edges,
+            inputs=tuple(str(v.name) for v in cut.inputs),
+            outputs=tuple(str(v.name) for v in cut.outputs),
+            parameters=sum(math.prod(v.shape.numpy()) for v in cut.weights if v.shape is not None),
+        )
+
+    def _piece_model(self, cut: _Cut) -> ir.Model:
+        source = self.model
+        # Weights of a structure-only model are names without data; the piece references them the same way.
+        absent = [v for v in cut.weights if not v.is_initializer()]
+        view = ir.GraphView(
+            [*cut.inputs, *absent],
+            cut.outputs,
+            nodes=cut.nodes,
+            initializers=[v for v in cut.weights if v.is_initializer()],
+            opset_imports=dict(source.graph.opset_imports),
+            name=f"{source.graph.name or 'graph'}:{cut.module or 'root'}",
+        )
+        graph = view.clone()
+        del graph.inputs[len(cut.inputs) :]
+        piece = ir.Model(
+            graph,
+            ir_version=source.ir_version,
+            producer_name=source.producer_name,
+            producer_version=source.producer_version,
+            functions=list(source.functions.values()),
+        )
+        metadata = {k: v for k, v in source.metadata_props.items() if k != schema.MODULES_KEY}
+        piece.metadata_props.update(metadata)
+        modules = self.hierarchy.modules
+        ancestors = []
+        parent = modules[cut.module].parent
+        while parent is not None:
+            ancestors.append(modules[parent])
+            parent = modules[parent].parent
+        schema.write_modules(piece, [*reversed(ancestors), *(modules[p] for p in self.hierarchy.walk(cut.module))])
+        schema.write_piece_record(
+            piece,
+            PieceRecord(
+                model=self.path.name,
+                module=cut.module,
+                cls=modules[cut.module].cls,
+                call=cut.call,
+                inputs=tuple(str(v.name) for v in cut.inputs),
+                outputs=tuple(str(v.name) for v in cut.outputs),
+            ),
+        )
+        return piece
+
+
+def _subgraph_owners(graph: ir.Graph) -> dict[ir.Node, ir.Node]:
+    """Each node inside a control-flow subgraph, mapped to the top-level node that holds it."""
+    owners: dict[ir.Node, ir.Node] = {}
+    for node in graph:
+        for inner in _nested_nodes(node):
+            owners[inner] = node
+    return owners
+
+
+def _nested_nodes(node: ir.Node) -> Iterator[ir.Node]:
+    for attribute in node.attributes.values():
+        if attribute.type == ir.AttributeType.GRAPH:
+            yield from ir.traversal.RecursiveGraphIterator(attribute.as_graph())
+        elif attribute.type == ir.AttributeType.GRAPHS:
+            for subgraph in attribute.as_graphs():
+                yield from ir.traversal.RecursiveGraphIterator(subgraph)
+
+
+def _boundary(
+    module: str, call: int | None, nodes: list[ir.Node], owners: dict[ir.Node, ir.Node], graph: ir.Graph
+) -> _Cut:
+    members = set(nodes)
+    inputs: dict[ir.Value, None] = {}
+    weights: dict[ir.Value, None] = {}
+    count = internal = 0
+    for node in nodes:
+        for reader in (node, *_nested_nodes(node)):
+            count += 1
+            for value in reader.inputs:
+                if value is None:
+                    continue
+                producer = value.producer()
+                if producer is not None and owners.get(producer, producer) in members:
+                    internal += 1
+                elif value.graph is not None and value.graph is not graph:
+                    continue  # a subgraph's own input, initializer or value: cloned with the subgraph
+                elif value.is_initializer() or (producer is None and not value.is_graph_input()):
+                    weights[value] = None  # structure-only files keep weights as names without data
+                else:
+                    inputs[value] = None
+    outputs = [
+        value
+        for node in nodes
+        for value in node.outputs
+        if value.is_graph_output() or any(owners.get(use.node, use.node) not in members for use in value.uses())
+    ]
+    if not outputs:
+        raise ExtractionError(f"module {module or '(root)'}: its nodes compute nothing the rest of the model reads")
+    return _Cut(module, call, nodes, list(inputs), outputs, list(weights), count, internal)
+
+
+def _finish(
+    source: _TaggedModel,
+    pieces: tuple[Piece, ...],
+    skipped: tuple[SkippedModule, ...],
+    check: bool,
+    atol: float,
+    inputs: str | os.PathLike[str] | None,
+) -> ExtractResult:
+    if not check:
+        return ExtractResult(source.path, pieces, skipped)
+    if source.export_record is not None and source.export_record.structure_only:
+        note = "not checked: a structure-only model has no weights to run"
+        return ExtractResult(source.path, pieces, skipped, check_note=note)
+    if inputs is not None:
+        feeds = _runtime.load_feeds(Path(inputs), source.proto)
+    else:
+        shapes = {i.name: i.shape for i in source.export_record.inputs} if source.export_record else None
+        feeds = _runtime.dummy_feeds(source.proto, shapes)
+    boundary = [name for piece in pieces for name in (*piece.inputs, *piece.outputs)]
+    try:
+        values = _runtime.run(source.proto, source.path.parent, feeds, boundary)
+    except _runtime.RuntimeFailure as failure:
+        return ExtractResult(source.path, pieces, skipped, check_note=f"not checked: {failure}")
+    return ExtractResult(source.path, pieces, skipped, tuple(_check_piece(p, values, atol) for p in pieces))
+
+
+def _check_piece(piece: Piece, values: dict[str, Any], atol: float) -> PieceCheck:
+    try:
+        onnx.checker.check_model(os.fspath(piece.output), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        return PieceCheck(piece.module, piece.call, math.inf, atol, f"onnx.checker: {str(error).splitlines()[0]}")
+    try:
+        runner = _runtime.session(piece.output)
+        got = runner.run(list(piece.outputs), {name: values[name] for name in piece.inputs})
+    except _runtime.RuntimeFailure as failure:
+        return PieceCheck(piece.module, piece.call, math.inf, atol, str(failure))
+    except Exception as error:  # onnxruntime's own exception types
+        return PieceCheck(piece.module, piece.call, math.inf, atol, f"ONNX Runtime: {str(error).splitlines()[0]}")
+    diff = max(
+        (_runtime.max_abs_diff(values[name], got_value) for name, got_value in zip(piece.outputs, got, strict=True)),
+        default=0.0,
+    )
+    return PieceCheck(piece.module, piece.call, diff, atol)

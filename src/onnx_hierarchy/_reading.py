@@ -1,0 +1,122 @@
+"""Reading ONNX files without reading their weights, embedded weights included.
+
+``onnx.load(..., load_external_data=False)`` (and so ``onnx_ir.load``) leaves external data on disk, but a
+single-file model's weights are part of the protobuf: parsing it holds the file's bytes and the parsed
+message at once, twice the model's size, before anything else happens. Here the protobuf is scanned with
+the file memory-mapped; every sizeable ``raw_data`` of a top-level initializer is replaced by an
+external-data reference to where those bytes already sit *in the .onnx file itself*. onnx-ir turns such
+references into lazily mapped :class:`onnx_ir.ExternalTensor`s, and ONNX Runtime reads them like any
+external data, so weights are only ever read when a piece of them is written or run.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from onnx_hierarchy import _wire
+from onnx_hierarchy.errors import ModelFileError
+
+__all__ = ["read_ir", "read_proto"]
+
+# Files smaller than this are parsed whole: protobuf's parser is faster than scanning in Python.
+LAZY_THRESHOLD = 64 * 1024 * 1024
+# Smaller weights stay embedded in the header; referencing them costs more than it saves.
+_MIN_REFERENCED_BYTES = 4096
+_MIN_REFERENCED_INTEGER_BYTES = 1024 * 1024
+_FLOATING = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.DOUBLE,
+}
+
+
+def read_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The model's protobuf with embedded weights turned into references into the file.
+
+    Raises:
+        ModelFileError: The file is missing, not ONNX, or truncated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        if path.stat().st_size < LAZY_THRESHOLD:
+            model = onnx.load(path, load_external_data=False)
+        else:
+            model = _read_lazily(path)
+    except (DecodeError, RuntimeError, ValueError, _wire.WireError) as error:
+        raise ModelFileError(f"{path}: not a readable ONNX model (truncated or not ONNX): {error}") from error
+    if model.ir_version == 0 or not model.HasField("graph"):
+        raise ModelFileError(f"{path}: not an ONNX model (no graph)")
+    return model
+
+
+def read_ir(path: str | os.PathLike[str]) -> ir.Model:
+    """The model as an onnx-ir graph whose weights load from disk only when used."""
+    model = ir.serde.deserialize_model(read_proto(path))
+    ir.external_data.set_base_dir(model.graph, Path(path).parent)
+    return model
+
+
+def _read_lazily(path: Path) -> onnx.ModelProto:
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        view = memoryview(data)
+        try:
+            model_parts: list[bytes] = []
+            graph = b""
+            for number, start, payload, end in _wire.fields(view, 0, len(view)):
+                if number == _wire.MODEL_GRAPH and payload is not None:
+                    graph = _graph_without_weights(view, payload, end, path.name)
+                else:
+                    model_parts.append(bytes(view[start:end]))
+            model_parts.append(_wire.key(_wire.MODEL_GRAPH) + _wire.varint(len(graph)) + graph)
+        finally:
+            view.release()
+    model = onnx.ModelProto()
+    model.ParseFromString(b"".join(model_parts))
+    return model
+
+
+def _graph_without_weights(view: memoryview, start: int, end: int, location: str) -> bytes:
+    parts: list[bytes] = []
+    for number, field_start, payload, field_end in _wire.fields(view, start, end):
+        if number == _wire.GRAPH_INITIALIZER and payload is not None:
+            tensor = _referenced_tensor(view, payload, field_end, location)
+            parts.append(_wire.key(_wire.GRAPH_INITIALIZER) + _wire.varint(len(tensor)) + tensor)
+        else:
+            parts.append(bytes(view[field_start:field_end]))
+    return b"".join(parts)
+
+
+def _referenced_tensor(view: memoryview, start: int, end: int, location: str) -> bytes:
+    """A serialized ``TensorProto`` whose raw data points at ``location`` instead of being inline.
+
+    Integer tensors stay inline unless large: ONNX Runtime's shape inference reads shape-like constants
+    (Reshape targets, Unsqueeze axes) from inline data only.
+    """
+    header: list[bytes] = []
+    raw: tuple[int, int] | None = None
+    for number, field_start, payload, field_end in _wire.fields(view, start, end):
+        if number == _wire.TENSOR_RAW_DATA and payload is not None:
+            raw = (payload, field_end - payload)
+        else:
+            header.append(bytes(view[field_start:field_end]))
+    if raw is None or raw[1] < _MIN_REFERENCED_BYTES:
+        return bytes(view[start:end])
+    tensor = onnx.TensorProto()
+    tensor.ParseFromString(b"".join(header))
+    if tensor.data_type not in _FLOATING and raw[1] < _MIN_REFERENCED_INTEGER_BYTES:
+        return bytes(view[start:end])
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for name, value in (("location", location), ("offset", str(raw[0])), ("length", str(raw[1]))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = name, value
+    return tensor.SerializeToString()

@@ -1,0 +1,127 @@
+"""``onnx-hierarchy extract``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.markup import escape
+
+from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
+from onnx_hierarchy.cli._output import TABLE_FORMATS, Output, render_table
+
+if TYPE_CHECKING:
+    from onnx_hierarchy._extract import ExtractResult
+
+_COLUMNS = ["module", "class", "nodes", "edges", "inputs", "outputs", "parameters", "file"]
+_CHECK_COLUMNS = ["max_abs_diff", "check"]
+
+
+@click.command("extract")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--module", "-m", "module", help="Module path; with --all, a glob narrowing the selection.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="The piece's ONNX file.")
+@click.option(
+    "--all",
+    "all_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write every module with nodes (or those --module/--depth/--class select) into this folder.",
+)
+@click.option("--depth", type=click.IntRange(min=0), help="With --all: modules this many levels down, and leaves.")
+@click.option("--class", "cls", help="With --all: only modules of this class.")
+@click.option("--call", type=click.IntRange(min=0), help="Only this call (0-based) of a module that ran several times.")
+@click.option("--check", is_flag=True, help="Prove each piece reproduces the whole model's values (ONNX Runtime).")
+@click.option("--atol", type=float, default=1e-6, show_default=True, help="Tolerance of the check.")
+@click.option(
+    "--inputs",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Model inputs for the check (.npz, one array per input). Default: generated.",
+)
+@click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
+def extract_command(
+    model: Path,
+    module: str | None,
+    output: Path | None,
+    all_dir: Path | None,
+    depth: int | None,
+    cls: str | None,
+    call: int | None,
+    check: bool,
+    atol: float,
+    inputs: Path | None,
+    fmt: str,
+) -> int:
+    """Write a module (and its descendants) of MODEL as a standalone ONNX model.
+
+    \b
+      onnx-hierarchy extract model.onnx -m encoder.layer.0.attention -o attention.onnx --check
+      onnx-hierarchy extract model.onnx --all pieces/ --depth 2 --check
+    """
+    from onnx_hierarchy._extract import extract, extract_all
+
+    out = Output(fmt)
+    if all_dir is not None:
+        if output is not None or call is not None:
+            raise click.UsageError("--all writes one file per module: drop -o/--call, or drop --all")
+        with out.status("reading the model") as update:
+            result = extract_all(
+                model,
+                all_dir,
+                pattern=module,
+                depth=depth,
+                cls=cls,
+                check=check,
+                atol=atol,
+                inputs=inputs,
+                progress=update,
+            )
+    else:
+        if module is None or output is None:
+            raise click.UsageError("give --module PATH and -o PIECE.onnx, or --all FOLDER")
+        if depth is not None or cls is not None:
+            raise click.UsageError("--depth and --class select modules for --all")
+        if any(c in module for c in "*?["):
+            raise click.UsageError(f"{module!r} is a pattern: use --all FOLDER to write every module it matches")
+        with out.status("extracting"):
+            result = extract(model, module, output, call=call, check=check, atol=atol, inputs=inputs)
+    _render(out, fmt, result, check)
+    return EXIT_OK if result.passed else EXIT_CHECK_FAILED
+
+
+def _render(out: Output, fmt: str, result: ExtractResult, check: bool) -> None:
+    if fmt == "json":
+        out.result("", result.to_json())
+        return
+    checks = {(c.module, c.call): c for c in result.checks}
+    rows: list[dict[str, Any]] = []
+    for piece in result.pieces:
+        row: dict[str, Any] = {
+            "module": (piece.module or "(root)") + (f" @{piece.call}" if piece.call is not None else ""),
+            "class": piece.cls,
+            "nodes": piece.nodes,
+            "edges": piece.internal_edges,
+            "inputs": len(piece.inputs),
+            "outputs": len(piece.outputs),
+            "parameters": piece.parameters,
+            "file": str(piece.output),
+        }
+        outcome = checks.get((piece.module, piece.call))
+        if outcome is not None:
+            row["max_abs_diff"] = f"{outcome.max_abs_diff:.1e}"
+            row["check"] = "pass" if outcome.passed else f"FAIL{': ' + outcome.error if outcome.error else ''}"
+        rows.append(row)
+    columns = _COLUMNS + (_CHECK_COLUMNS if result.checks else [])
+    render_table(out, fmt, rows, columns)
+    if fmt != "text":
+        return
+    if result.skipped:
+        names = ", ".join(s.module for s in result.skipped[:5]) + (", ..." if len(result.skipped) > 5 else "")
+        out.out.print(f"skipped {len(result.skipped)} module(s) without nodes: {escape(names)}")
+    if check and result.check_note:
+        out.out.print(f"[yellow]{escape(result.check_note)}[/]")
+    elif result.checks:
+        failed = sum(not c.passed for c in result.checks)
+        atol = result.checks[0].atol
+        verdict = f"[green]all {len(result.checks)} pieces reproduce the model[/] (max abs diff <= {atol:g})"
+        out.out.print(verdict if not failed else f"[red]{failed} of {len(result.checks)} pieces failed[/]")

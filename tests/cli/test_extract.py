@@ -1,0 +1,91 @@
+"""``onnx-hierarchy extract``: the table, JSON for scripts, exit codes, and one-line errors that write nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import pytest
+
+from conftest import Exported
+from onnx_hierarchy.cli import main
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture()
+def vit(exported: Callable[[str], Exported]) -> str:
+    return str(exported("vit").result.output)
+
+
+def test_all_with_check_reports_one_row_per_piece(vit: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(["extract", vit, "--all", str(tmp_path / "pieces"), "--check", "--format", "json"], capsys)
+    assert code == 0
+    report = json.loads(out)
+    files = sorted(p.name for p in (tmp_path / "pieces").iterdir())
+    assert files == sorted(Path(p["output"]).name for p in report["pieces"])
+    assert report["passed"] and all(p["check"]["passed"] for p in report["pieces"])
+    for piece in report["pieces"]:
+        graph = onnx.load(piece["output"]).graph
+        assert [v.name for v in graph.input] == piece["inputs"] and len(graph.node) == piece["nodes"]
+
+
+def test_one_module_in_text(vit: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    piece = tmp_path / "layer.onnx"
+    code, out, _ = _run(["extract", vit, "-m", "layers.1", "-o", str(piece), "--check"], capsys)
+    assert code == 0 and piece.is_file()
+    assert "layers.1" in out and "ViTLayer" in out and "pass" in out
+    assert "all 1 pieces reproduce the model" in out
+
+
+def test_selection_by_depth_and_class(vit: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(["extract", vit, "--all", str(tmp_path / "d1"), "--depth", "1", "--format", "csv"], capsys)
+    assert code == 0
+    assert out.splitlines()[0].startswith("module,class,nodes,edges,inputs,outputs")
+    assert {line.split(",")[0] for line in out.splitlines()[1:]} == {"embeddings", "layers", "layernorm", "pooler"}
+    code, out, _ = _run(
+        ["extract", vit, "--all", str(tmp_path / "ln"), "--class", "LayerNorm", "--format", "json"], capsys
+    )
+    assert code == 0
+    assert {p["class"] for p in json.loads(out)["pieces"]} == {"LayerNorm"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "layers.0.atention"], "did you mean 'layers.0.attention'"),
+        (["-m", "embeddings.dropout"], "has no nodes in the graph"),
+        (["-m", "layers.*"], "use --all FOLDER"),
+        (["-m", "layers", "--call", "1"], "--call takes 0 to 0"),
+        ([], "give --module PATH and -o PIECE.onnx, or --all FOLDER"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    vit: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    output = ["-o", str(tmp_path / "piece.onnx")] if args else []
+    code, out, err = _run(["extract", vit, *args, *output], capsys)
+    assert code == 2 and not out
+    assert message in err and sum(line.startswith(("ERROR:", "Error:")) for line in err.splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_untagged_model_says_how_to_tag_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"], name="/encoder/Relu")],
+        "g",
+        [spec("x", onnx.TensorProto.FLOAT, [2])],
+        [spec("y", onnx.TensorProto.FLOAT, [2])],
+    )
+    path = tmp_path / "plain.onnx"
+    onnx.save(onnx.helper.make_model(graph), path)
+    code, _, err = _run(["extract", str(path), "--all", str(tmp_path / "pieces")], capsys)
+    assert code == 2 and "ERROR:" in err and "onnx-hierarchy export" in err and "scoped-names" in err
+    assert not (tmp_path / "pieces").exists()
