@@ -19,21 +19,28 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 if TYPE_CHECKING:
     from onnx_hierarchy._check import CheckResult, OutputDifference
     from onnx_hierarchy._export import ExportResult, StageEvent, StageTiming, export
+    from onnx_hierarchy._extract import ExtractResult, Piece, PieceCheck, SkippedModule, extract, extract_all
     from onnx_hierarchy._hierarchy import Hierarchy, NodeInfo, load
     from onnx_hierarchy._inputs import InputShapes
 
 __all__ = [
     "CheckResult",
     "ExportResult",
+    "ExtractResult",
     "Hierarchy",
     "InputShapes",
     "NodeInfo",
     "OutputDifference",
+    "Piece",
+    "PieceCheck",
+    "SkippedModule",
     "StageEvent",
     "StageTiming",
     "__version__",
     "errors",
     "export",
+    "extract",
+    "extract_all",
     "load",
     "schema",
 ]
@@ -45,6 +52,12 @@ _LAZY = {
     "StageEvent": "onnx_hierarchy._export",
     "StageTiming": "onnx_hierarchy._export",
     "export": "onnx_hierarchy._export",
+    "ExtractResult": "onnx_hierarchy._extract",
+    "Piece": "onnx_hierarchy._extract",
+    "PieceCheck": "onnx_hierarchy._extract",
+    "SkippedModule": "onnx_hierarchy._extract",
+    "extract": "onnx_hierarchy._extract",
+    "extract_all": "onnx_hierarchy._extract",
     "InputShapes": "onnx_hierarchy._inputs",
     "Hierarchy": "onnx_hierarchy._hierarchy",
     "NodeInfo": "onnx_hierarchy._hierarchy",

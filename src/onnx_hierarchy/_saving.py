@@ -82,7 +82,8 @@ def write_single_file(model: ir.Model, path: Path) -> None:
     Protobuf's serializer copies every weight into one in-memory message first, which costs about twice
     as long as the write itself. The wire format allows fields in any order, so the graph is serialized
     without its initializers and each initializer is appended as its own ``GraphProto.initializer``
-    field: the same bytes protobuf would read back, produced without the copies.
+    field: the same bytes protobuf would read back, produced without the copies. One weight is in memory
+    at a time; weights mapped from disk are unmapped once written.
     """
     initializers = list(model.graph.initializers.values())
     model.graph.initializers.clear()
@@ -93,24 +94,33 @@ def write_single_file(model: ir.Model, path: Path) -> None:
             model.graph.initializers.add(value)
     graph = proto.graph.SerializeToString()
     proto.ClearField("graph")
-    tensors = [_tensor_field(value) for value in initializers]
+    headers = [_tensor_header(value) for value in initializers]
     with open(path, "wb") as file:
         file.write(proto.SerializeToString())
-        file.write(_wire.key(_wire.MODEL_GRAPH) + _wire.varint(len(graph) + sum(len(h) + len(d) for h, d in tensors)))
+        size = len(graph) + sum(len(header) + length for header, length in headers)
+        file.write(_wire.key(_wire.MODEL_GRAPH) + _wire.varint(size))
         file.write(graph)
-        for header, data in tensors:
+        for value, (header, length) in zip(initializers, headers, strict=True):
+            tensor = value.const_value
+            assert tensor is not None
+            data = tensor.tobytes()
+            if len(data) != length:
+                raise ValueError(f"weight {value.name}: {len(data)} bytes, expected {length}")
             file.write(header)
             file.write(data)
+            del data
+            if isinstance(tensor, ir.ExternalTensor):
+                tensor.release()
 
 
-def _tensor_field(value: ir.Value) -> tuple[bytes, bytes]:
-    """``GraphProto.initializer`` field bytes of one weight: (everything up to its raw data, raw data)."""
+def _tensor_header(value: ir.Value) -> tuple[bytes, int]:
+    """``GraphProto.initializer`` field bytes of one weight up to its raw data, and the raw data's length."""
     tensor = value.const_value
     assert tensor is not None
     proto = onnx.TensorProto(name=value.name, dims=list(tensor.shape.numpy()), data_type=tensor.dtype.value)
-    data = tensor.tobytes()
-    body = proto.SerializeToString() + _wire.key(_wire.TENSOR_RAW_DATA) + _wire.varint(len(data))
-    return _wire.key(_wire.GRAPH_INITIALIZER) + _wire.varint(len(body) + len(data)) + body, data
+    length = tensor.nbytes
+    body = proto.SerializeToString() + _wire.key(_wire.TENSOR_RAW_DATA) + _wire.varint(length)
+    return _wire.key(_wire.GRAPH_INITIALIZER) + _wire.varint(len(body) + length) + body, length
 
 
 @contextlib.contextmanager
