@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from onnx_hierarchy._extract import ExtractResult, Piece, PieceCheck, SkippedModule, extract, extract_all
     from onnx_hierarchy._hierarchy import Hierarchy, NodeInfo, load
     from onnx_hierarchy._inputs import InputShapes
+    from onnx_hierarchy._verify import CallComparison, VerifyResult, verify
 
 __all__ = [
+    "CallComparison",
     "CheckResult",
     "ExportResult",
     "ExtractResult",
@@ -36,6 +38,7 @@ __all__ = [
     "SkippedModule",
     "StageEvent",
     "StageTiming",
+    "VerifyResult",
     "__version__",
     "errors",
     "export",
@@ -43,6 +46,7 @@ __all__ = [
     "extract_all",
     "load",
     "schema",
+    "verify",
 ]
 
 _LAZY = {
@@ -62,6 +66,9 @@ _LAZY = {
     "Hierarchy": "onnx_hierarchy._hierarchy",
     "NodeInfo": "onnx_hierarchy._hierarchy",
     "load": "onnx_hierarchy._hierarchy",
+    "CallComparison": "onnx_hierarchy._verify",
+    "VerifyResult": "onnx_hierarchy._verify",
+    "verify": "onnx_hierarchy._verify",
     "errors": None,
     "schema": None,
 }

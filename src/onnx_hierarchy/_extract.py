@@ -300,21 +300,14 @@ class _TaggedModel:
         return _boundary(module, call, nodes, self.owners, self.model.graph)
 
     def _call_within(self, module: str, owner: str, owner_call: int | None) -> int:
-        """Which call of ``module`` ran a node tagged with call ``owner_call`` of ``owner``, a descendant.
-
-        A module that runs once per call of its ancestor has calls ``k * n .. k * n + n - 1`` inside its
-        ancestor's call ``k``; anything else cannot be split by call from the tags.
-        """
-        calls = self.hierarchy.modules[module].calls
-        if calls <= 1:
-            return 0
-        owner_calls = max(self.hierarchy.modules[owner].calls, 1)
-        if owner_calls % calls:
+        found = self.hierarchy.call_within(module, owner, owner_call)
+        if found is None:
             raise ExtractionError(
-                f"{self.path}: {owner} ran {owner_calls} times within {calls} calls of {module}; "
-                "its nodes cannot be split by call: extract all calls (no --call)"
+                f"{self.path}: {owner} ran {self.hierarchy.modules[owner].calls} times within "
+                f"{self.hierarchy.modules[module].calls} calls of {module}; its nodes cannot be split by call: "
+                "extract all calls (no --call)"
             )
-        return (owner_call or 0) // (owner_calls // calls)
+        return found
 
     def write(self, cut: _Cut, output: Path) -> Piece:
         piece = self._piece_model(cut)

@@ -137,6 +137,22 @@ class Hierarchy:
             return [n for n in self.node_list if n.module == module]
         return [n for n in self.node_list if within(n.module, module)]
 
+    def call_within(self, module: str, owner: str, owner_call: int | None) -> int | None:
+        """Which call of ``module`` ran a node tagged with call ``owner_call`` of ``owner`` (``module`` or a
+        descendant); ``None`` when the tags cannot tell.
+
+        Tags record the call of a node's own module only. A descendant that runs ``n`` times per call of
+        ``module`` has calls ``k * n .. k * n + n - 1`` inside call ``k``; a descendant whose calls are not
+        a multiple of ``module``'s cannot be attributed.
+        """
+        calls = self.modules[module].calls
+        if calls <= 1:
+            return 0
+        owner_calls = max(self.modules[owner].calls, 1)
+        if owner_calls % calls:
+            return None
+        return (owner_call or 0) // (owner_calls // calls)
+
     def walk(self, path: str = "") -> Iterator[str]:
         """``path`` and its descendants, depth first, in ``named_modules()`` order."""
         yield path

@@ -185,10 +185,15 @@ def build_model(
     config = source.config
     kwargs: dict[str, Any] = {"attn_implementation": "eager"}
     if source.has_weights and not structure_only:
+        progress_bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # the library never prints; the CLI shows progress
         try:
             model = model_class.from_pretrained(source.location, dtype=torch.float32, **kwargs)
         except (OSError, ValueError) as error:
             raise ModelSourceError(f"{source.spec}: cannot load weights: {summarize(error)}") from error
+        finally:
+            if progress_bars:
+                transformers.utils.logging.enable_progress_bar()
         return model.eval(), "pretrained"
     try:
         if structure_only:

@@ -20,6 +20,7 @@ from onnx_hierarchy.cli._inspect import (
     tree_command,
     validate_command,
 )
+from onnx_hierarchy.cli._verify import verify_command
 
 __all__ = ["cli", "main"]
 
@@ -29,14 +30,15 @@ __all__ = ["cli", "main"]
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def cli(debug: bool) -> None:
     """Export Hugging Face models to ONNX with every node tagged by the nn.Module that produced it,
-    inspect any ONNX model module by module (tree, nodes, summary, dag, diff, validate), and cut any module
-    out as a standalone model (extract)."""
+    inspect any ONNX model module by module (tree, nodes, summary, dag, diff, validate), cut any module
+    out as a standalone model (extract), and compare it with PyTorch module by module (verify)."""
 
 
 for command in (export_command, tree_command, nodes_command, summary_command, dag_command, diff_command):
     cli.add_command(command)
 cli.add_command(validate_command)
 cli.add_command(extract_command)
+cli.add_command(verify_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

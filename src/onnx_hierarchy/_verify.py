@@ -1,0 +1,624 @@
+"""``verify``: an ONNX model against PyTorch (or against another ONNX model), module call by module call.
+
+Both sides run once. PyTorch runs with a forward hook on every module, recording each call's outputs;
+ONNX Runtime runs with the values that leave each module call exposed as extra graph outputs (a module
+call's nodes come from the tags). Each call's PyTorch outputs are then paired with its ONNX values:
+
+1. by shape, in order, among the values the call's nodes pass to the rest of the graph;
+2. for outputs the graph has no node for (``Dropout`` in eval mode returns its input), by identity: the
+   PyTorch output is the very tensor another call returned, or a model input, so it is compared with that
+   tensor's ONNX value;
+3. anything else is *not comparable*, with the reason.
+
+Nothing is paired by closeness of values, so a wrong number can never be hidden by a convenient pairing.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from onnx_hierarchy import _hierarchy, _reading, _runtime, schema
+from onnx_hierarchy._hierarchy import Hierarchy
+from onnx_hierarchy.errors import InputSpecError, ModelFileError, ModelSourceError, summarize
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CallComparison", "Status", "VerifyResult", "verify"]
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+
+ProgressCallback = Callable[[str], None]
+CallKey = tuple[str, int]
+
+
+class Status:
+    """Outcomes of one module call."""
+
+    OK = "ok"
+    OVER = "over tolerance"
+    NOT_COMPARABLE = "not comparable"
+
+
+@dataclass(frozen=True)
+class CallComparison:
+    """One module call, compared.
+
+    Attributes:
+        module: Module path (``""`` for the root).
+        cls: Class name.
+        call: Which call (0-based) of a module that ran more than once; ``None`` if it ran once.
+        status: One of :class:`Status`'s values.
+        max_abs_error: Largest ``|onnx - expected|`` over the compared values.
+        max_rel_error: Largest ``|onnx - expected| / |expected|`` over elements where ``|expected| > atol``.
+        values: ONNX value names compared (one per paired output).
+        reason: Why the call is not comparable, or which outputs were left unpaired.
+    """
+
+    module: str
+    cls: str
+    call: int | None
+    status: str
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+    values: tuple[str, ...] = ()
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "class": self.cls,
+            "call": self.call,
+            "status": self.status,
+            "max_abs_error": self.max_abs_error,
+            "max_rel_error": self.max_rel_error,
+            "values": list(self.values),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Every module call that ran, in execution order (a call ends after the calls it contains).
+
+    Attributes:
+        model: The ONNX model verified.
+        reference: What it was compared with: ``PyTorch (<source>)`` or the reference ONNX file.
+        atol: Absolute tolerance.
+        rtol: Relative tolerance: a value is within tolerance when ``|onnx - expected| <= atol + rtol * |expected|``.
+        calls: One comparison per module call that ran.
+        inputs: Name and shape of each input used.
+        warnings: What the user should know (weights rebuilt from a seed, a source other than the recorded one).
+        parents: The model's module tree (path -> parent path), in tree order.
+    """
+
+    model: Path
+    reference: str
+    atol: float
+    rtol: float
+    calls: tuple[CallComparison, ...]
+    inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    parents: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def compared(self) -> int:
+        return sum(c.status != Status.NOT_COMPARABLE for c in self.calls)
+
+    @property
+    def over_tolerance(self) -> list[CallComparison]:
+        return [c for c in self.calls if c.status == Status.OVER]
+
+    @property
+    def first_over_tolerance(self) -> CallComparison | None:
+        """The first call in execution order beyond tolerance: where the difference appears."""
+        over = self.over_tolerance
+        return over[0] if over else None
+
+    @property
+    def passed(self) -> bool:
+        return not self.over_tolerance
+
+    def to_json(self) -> dict[str, Any]:
+        first = self.first_over_tolerance
+        return {
+            "model": str(self.model),
+            "reference": self.reference,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "inputs": {k: list(v) for k, v in self.inputs.items()},
+            "calls_ran": len(self.calls),
+            "calls_compared": self.compared,
+            "calls_over_tolerance": len(self.over_tolerance),
+            "first_over_tolerance": None if first is None else {"module": first.module, "call": first.call},
+            "passed": self.passed,
+            "warnings": list(self.warnings),
+            "calls": [c.to_json() for c in self.calls],
+        }
+
+
+def verify(
+    model: str | os.PathLike[str],
+    *,
+    source: str | None = None,
+    reference: str | os.PathLike[str] | None = None,
+    inputs: str | os.PathLike[str] | None = None,
+    text: str | None = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    progress: ProgressCallback | None = None,
+) -> VerifyResult:
+    """Compares every module call of an exported model with PyTorch, or with a reference ONNX model.
+
+    Args:
+        model: An ONNX model exported by onnx-hierarchy (or derived from one, keeping its tags: optimized,
+            fp16, quantized).
+        source: The PyTorch model (Hub id, checkpoint or config folder). Default: the source recorded at
+            export; a random-weight export is rebuilt from its recorded seed.
+        reference: Compare with this ONNX model of the same source instead of PyTorch.
+        inputs: ``.npz`` file with one array per graph input. Default: generated inputs of the recorded shapes.
+        text: Text to tokenize with the source checkpoint's tokenizer, for text models.
+        atol: Absolute tolerance.
+        rtol: Relative tolerance.
+        progress: Called with a short description of each step.
+
+    Raises:
+        ModelFileError: A model is unreadable, untagged, or structure-only.
+        ModelSourceError: No source recorded and none given, or the source is another architecture.
+        InputSpecError: Inputs of the wrong names or shapes, or text for a source without a tokenizer.
+    """
+    report = progress or (lambda _message: None)
+    target = _TaggedModel.read(Path(model))
+    record = schema.read_export_record(dict((p.key, p.value) for p in target.proto.metadata_props))
+    if reference is not None:
+        other = _TaggedModel.read(Path(reference))
+        feeds = _feeds(target.proto, record, inputs, text, None)
+        report("running both ONNX models")
+        expected = other.run(feeds)
+        actual = target.run(feeds)
+        calls = _compare_onnx(target, other, actual, expected, atol, rtol)
+        return VerifyResult(
+            target.path, str(reference), atol, rtol, tuple(calls), _shapes(feeds), parents=target.parents()
+        )
+
+    report("building the PyTorch model")
+    torch_model, spec, warnings = _torch_model(target, record, source)
+    feeds = _feeds(target.proto, record, inputs, text, spec)
+    report("running PyTorch with module hooks")
+    recorded, input_identities = _record_calls(torch_model, feeds)
+    report("running ONNX Runtime")
+    actual = target.run(feeds)
+    calls = _compare_torch(target, recorded, input_identities, actual, atol, rtol)
+    return VerifyResult(
+        target.path,
+        f"PyTorch ({spec})",
+        atol,
+        rtol,
+        tuple(calls),
+        _shapes(feeds),
+        tuple(warnings),
+        target.parents(),
+    )
+
+
+def _shapes(feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(array.shape) for name, array in feeds.items()}
+
+
+@dataclass
+class _TaggedModel:
+    """A tagged ONNX model and, per module call, the values that leave it."""
+
+    path: Path
+    proto: onnx.ModelProto
+    hierarchy: Hierarchy
+    boundaries: _Boundaries
+
+    @classmethod
+    def read(cls, path: Path) -> _TaggedModel:
+        proto = _reading.read_proto(path)
+        hierarchy = _hierarchy.from_proto(path, proto)
+        if hierarchy.source != "hierarchy":
+            raise ModelFileError(
+                f"{path}: nodes carry no hierarchy tags; export the model with `onnx-hierarchy export` to verify it"
+            )
+        record = schema.read_export_record(dict((p.key, p.value) for p in proto.metadata_props))
+        if record is not None and record.structure_only:
+            raise ModelFileError(f"{path}: a structure-only export has no weights to run; export it with weights")
+        return cls(path, proto, hierarchy, _call_boundaries(hierarchy))
+
+    def parents(self) -> dict[str, str | None]:
+        return {path: record.parent for path, record in self.hierarchy.modules.items()}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs the model once, with every value crossing a module call's border exposed."""
+        crossing = [*self.boundaries.outputs.values(), *self.boundaries.inputs.values()]
+        try:
+            return _runtime.run(self.proto, self.path.parent, feeds, (name for names in crossing for name in names))
+        except _runtime.RuntimeFailure as failure:
+            raise ModelFileError(f"{self.path}: {failure}") from failure
+
+
+@dataclass(frozen=True)
+class _Boundaries:
+    """Per module call, the values crossing its border, and the calls in the order their last node runs."""
+
+    outputs: dict[CallKey, list[str]]
+    inputs: dict[CallKey, list[str]]
+    order: list[CallKey]
+
+
+def _call_boundaries(hierarchy: Hierarchy) -> _Boundaries:
+    """Per module call: the values its nodes compute that other nodes read or the model returns (outputs),
+    and the values its nodes read from other nodes or the model's inputs (inputs), in node order."""
+    top = [n for n in hierarchy.node_list if n.parent is None]
+    ancestors: dict[str, list[str]] = {}
+    for path, record in hierarchy.modules.items():  # parents come first
+        ancestors[path] = [*ancestors[record.parent], path] if record.parent is not None else [path]
+    memberships: dict[int, set[CallKey]] = {}
+    for node in top:
+        keys = set()
+        for module in ancestors[node.module]:
+            call = hierarchy.call_within(module, node.module, node.call)
+            if call is not None:
+                keys.add((module, call))
+        memberships[node.index] = keys
+    owner = {n.index: _top_level(hierarchy, n.index) for n in hierarchy.node_list}
+    producer = {name: node.index for node in top for name in node.outputs if name}
+    readers: dict[str, list[int]] = collections.defaultdict(list)
+    inputs: dict[CallKey, list[str]] = collections.defaultdict(list)
+    for node in hierarchy.node_list:
+        keys = memberships[owner[node.index]]
+        for name in node.inputs:
+            if not name or name in hierarchy.initializers:
+                continue
+            readers[name].append(owner[node.index])
+            made_by = memberships.get(producer[name], set()) if name in producer else set()
+            for key in keys - made_by:
+                if name not in inputs[key]:
+                    inputs[key].append(name)
+    returned = set(hierarchy.graph_outputs)
+    outputs: dict[CallKey, list[str]] = collections.defaultdict(list)
+    last: dict[CallKey, int] = {}
+    for node in top:
+        keys = memberships[node.index]
+        for key in keys:
+            last[key] = node.index
+        for name in node.outputs:
+            if not name:
+                continue
+            for key in keys:
+                if name in returned or any(key not in memberships[r] for r in readers[name]):
+                    outputs[key].append(name)
+    if ("", 0) in outputs:  # the model's outputs, in the order the model returns them
+        outputs[("", 0)] = [*hierarchy.graph_outputs, *(n for n in outputs[("", 0)] if n not in returned)]
+    return _Boundaries(dict(outputs), dict(inputs), sorted(last, key=lambda k: (last[k], -len(k[0]))))
+
+
+def _top_level(hierarchy: Hierarchy, index: int) -> int:
+    """The top-level node holding the subgraph node at ``index``."""
+    node = hierarchy.node_list[index]
+    while node.parent is not None:
+        node = hierarchy.node_list[node.parent]
+    return node.index
+
+
+def _torch_model(
+    target: _TaggedModel, record: schema.ExportRecord | None, source: str | None
+) -> tuple[torch.nn.Module, str, list[str]]:
+    from onnx_hierarchy import _source
+
+    warnings: list[str] = []
+    if source is None and record is None:
+        raise ModelSourceError(
+            f"{target.path}: records no source model; pass the checkpoint or Hub id it was exported from "
+            "with --model SOURCE"
+        )
+    spec = source if source is not None else record.source  # type: ignore[union-attr]
+    resolved = _source.resolve_source(spec)
+    model_type = resolved.config.model_type
+    if record is not None and model_type != record.model_type:
+        raise ModelSourceError(
+            f"{spec} is a {model_type} model, but {target.path.name} was exported from a {record.model_type} "
+            f"model ({record.source}); pass the source it was exported from with --model"
+        )
+    _, model_class = _source.resolve_model_class(resolved.config, record.model_class if record else None)
+    _source.disable_cache(resolved.config)
+    seed = record.seed if record is not None and record.seed is not None else 0
+    torch_model, weights = _source.build_model(resolved, model_class, structure_only=False, seed=seed)
+    if weights == "random":
+        warnings.append(f"{spec} has no weights: PyTorch model rebuilt with random weights from seed {seed}")
+    if record is not None and record.weights == "pretrained" and weights == "random":
+        warnings.append(f"{target.path.name} was exported with pretrained weights, compared here with random ones")
+    _check_architecture(target, torch_model, spec)
+    return torch_model, spec, warnings
+
+
+def _check_architecture(target: _TaggedModel, torch_model: torch.nn.Module, spec: str) -> None:
+    """The PyTorch model must have every module the ONNX model's nodes name, with the same class."""
+    classes = {path: type(module).__name__ for path, module in torch_model.named_modules(remove_duplicate=False)}
+    tagged = {n.module for n in target.hierarchy.node_list}
+    for path in sorted(tagged):
+        expected = target.hierarchy.modules[path].cls
+        if path not in classes or (expected and classes[path] != expected):
+            found = f"has {classes[path]} there" if path in classes else "has no such module"
+            raise ModelSourceError(
+                f"{spec} builds {type(torch_model).__name__}, which {found}, but {target.path.name} has "
+                f"{expected} {path or '(root)'}: it is another architecture; pass the source it was exported from "
+                "with --model"
+            )
+    parameters = sum(p.numel() for p in torch_model.parameters())
+    recorded = target.hierarchy.modules[""].parameters_total
+    if recorded and parameters != recorded:
+        raise ModelSourceError(
+            f"{spec} builds a model of {parameters:,} parameters, but {target.path.name} was exported from one of "
+            f"{recorded:,}: another size of the architecture; pass the source it was exported from with --model"
+        )
+
+
+def _feeds(
+    proto: onnx.ModelProto,
+    record: schema.ExportRecord | None,
+    inputs: str | os.PathLike[str] | None,
+    text: str | None,
+    spec: str | None,
+) -> dict[str, np.ndarray]:
+    if inputs is not None and text is not None:
+        raise InputSpecError("give --inputs or --text, not both")
+    if inputs is not None:
+        return _runtime.load_feeds(Path(inputs), proto)
+    if text is not None:
+        return _tokenized(proto, text, spec or (record.source if record else None))
+    shapes = {i.name: i.shape for i in record.inputs} if record is not None else None
+    return _runtime.dummy_feeds(proto, shapes)
+
+
+def _tokenized(proto: onnx.ModelProto, text: str, spec: str | None) -> dict[str, np.ndarray]:
+    import transformers
+
+    from onnx_hierarchy import _source
+
+    if spec is None:
+        raise InputSpecError("--text needs the source checkpoint's tokenizer: pass --model SOURCE")
+    location = _source.resolve_source(spec).location
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError, TypeError) as error:
+        raise InputSpecError(f"{spec} has no tokenizer to encode --text; pass --inputs FILE.npz instead") from error
+    encoded = tokenizer(text, return_tensors="np")
+    initializers = {t.name for t in proto.graph.initializer}
+    wanted = [v for v in proto.graph.input if v.name not in initializers]
+    missing = [v.name for v in wanted if v.name not in encoded]
+    if missing:
+        raise InputSpecError(
+            f"the tokenizer of {spec} does not produce {', '.join(missing)}, which the model takes; "
+            "pass --inputs FILE.npz"
+        )
+    return {v.name: np.asarray(encoded[v.name]).astype(np.int64) for v in wanted}
+
+
+@dataclass
+class _TorchCall:
+    """One module call as PyTorch ran it: its tensor outputs, and the identities and shapes of its
+    tensor inputs and outputs."""
+
+    module: str
+    call: int
+    outputs: list[torch.Tensor]
+    identities: list[tuple[Any, ...]]
+    inputs: list[tuple[tuple[Any, ...], tuple[int, ...]]] = field(default_factory=list)
+
+
+def _record_calls(
+    torch_model: torch.nn.Module, feeds: Mapping[str, np.ndarray]
+) -> tuple[list[_TorchCall], dict[tuple[Any, ...], str]]:
+    """Runs PyTorch once: every module call's tensor outputs, in the order the calls finished, and the
+    identities of the input tensors (a module may return one of them unchanged)."""
+    import torch
+    import torch.utils._pytree as pytree
+
+    names: dict[int, list[str]] = collections.defaultdict(list)
+    for path, module in torch_model.named_modules(remove_duplicate=False):
+        names[id(module)].append(path)
+    counts: collections.Counter[str] = collections.Counter()
+    recorded: list[_TorchCall] = []
+    keep_alive: list[Any] = []  # storage of recorded outputs must not be reused: identities compare addresses
+
+    def hook(module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        paths = names[id(module)]
+        if len(paths) != 1:
+            return  # one instance under several names: torch numbers its calls per name, hooks cannot
+        path = paths[0]
+        leaves = [leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor)]
+        given = [leaf for leaf in pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)]
+        keep_alive.append((leaves, given))
+        outputs = [t.detach().clone() for t in leaves]
+        inputs = [(_identity(t), tuple(t.shape)) for t in given]
+        recorded.append(_TorchCall(path, counts[path], outputs, [_identity(t) for t in leaves], inputs))
+        counts[path] += 1
+
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in feeds.items()}
+    unique = {id(m): m for m in torch_model.modules()}.values()
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in unique]
+    try:
+        with torch.no_grad():
+            torch_model(**tensors)
+    except Exception as error:  # the model rejects the inputs: their names or shapes do not fit
+        raise InputSpecError(f"PyTorch rejects the inputs: {summarize(error)}") from error
+    finally:
+        for handle in handles:
+            handle.remove()
+    shared = {p for paths in names.values() if len(paths) > 1 for p in paths}
+    recorded.extend(_TorchCall(p, 0, [], []) for p in sorted(shared))
+    return recorded, {_identity(t): name for name, t in tensors.items()}
+
+
+def _identity(tensor: torch.Tensor) -> tuple[Any, ...]:
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
+
+
+def _compare_torch(
+    target: _TaggedModel,
+    recorded: Sequence[_TorchCall],
+    input_identities: Mapping[tuple[Any, ...], str],
+    actual: Mapping[str, np.ndarray],
+    atol: float,
+    rtol: float,
+) -> list[CallComparison]:
+    boundaries = target.boundaries
+    modules = target.hierarchy.modules
+    # Pass 1: outputs and inputs paired by shape, remembering which ONNX value each PyTorch tensor is.
+    known = dict(input_identities)
+    paired: list[list[str | None]] = []
+    for torch_call in recorded:
+        key = (torch_call.module, torch_call.call)
+        candidates = list(boundaries.outputs.get(key, []))
+        names = [_by_shape(candidates, actual, tuple(t.shape)) for t in torch_call.outputs]
+        paired.append(names)
+        for identity, name in zip(torch_call.identities, names, strict=True):
+            if name is not None:
+                known.setdefault(identity, name)
+        read = list(boundaries.inputs.get(key, []))
+        for identity, shape in torch_call.inputs:
+            name = _by_shape(read, actual, shape)
+            if name is not None:
+                known.setdefault(identity, name)
+    # Pass 2: outputs without a value of their own are the very tensor of a value paired elsewhere.
+    results = []
+    for torch_call, names in zip(recorded, paired, strict=True):
+        module = torch_call.module
+        record = modules.get(module)
+        cls = record.cls if record is not None else ""
+        call = torch_call.call if record is not None and record.calls > 1 else None
+        if not torch_call.outputs and not torch_call.identities:
+            reason = "one module instance registered under several names: its calls cannot be told apart"
+            results.append(CallComparison(module, cls, None, Status.NOT_COMPARABLE, reason=reason))
+            continue
+        if record is None:
+            reason = "module not in the ONNX model's module tree"
+            results.append(CallComparison(module, cls, call, Status.NOT_COMPARABLE, reason=reason))
+            continue
+        pairs: list[tuple[str, np.ndarray]] = []
+        unpaired = []
+        for tensor, identity, name in zip(torch_call.outputs, torch_call.identities, names, strict=True):
+            name = name or known.get(identity)
+            if name is None:
+                unpaired.append(tuple(tensor.shape))
+            else:
+                pairs.append((name, tensor.numpy()))
+        has_nodes = bool(boundaries.outputs.get((module, torch_call.call)))
+        results.append(_compared(module, cls, call, pairs, actual, unpaired, atol, rtol, has_nodes))
+    return results
+
+
+def _by_shape(candidates: list[str], values: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> str | None:
+    """Takes the first remaining candidate of ``shape`` out of ``candidates``."""
+    for index, name in enumerate(candidates):
+        if tuple(values[name].shape) == shape:
+            return candidates.pop(index)
+    return None
+
+
+def _compared(
+    module: str,
+    cls: str,
+    call: int | None,
+    pairs: Sequence[tuple[str, np.ndarray]],
+    actual: Mapping[str, np.ndarray],
+    unpaired: Sequence[tuple[int, ...]],
+    atol: float,
+    rtol: float,
+    has_nodes: bool,
+) -> CallComparison:
+    if not pairs:
+        if not unpaired:
+            reason = "returns no tensor"
+        elif has_nodes:
+            reason = (
+                f"no value of shape {list(unpaired[0])} leaves its nodes (folded away or merged into another module)"
+            )
+        else:
+            reason = "no nodes in the ONNX graph, and its output is no value computed elsewhere"
+        return CallComparison(module, cls, call, Status.NOT_COMPARABLE, reason=reason)
+    abs_error = rel_error = 0.0
+    within = True
+    for name, expected in pairs:
+        errors = _errors(actual[name], expected, atol, rtol)
+        abs_error, rel_error = max(abs_error, errors[0]), max(rel_error, errors[1])
+        within = within and errors[2]
+    partial = f"{len(unpaired)} output(s) without an ONNX value" if unpaired else None
+    status = Status.OK if within else Status.OVER
+    return CallComparison(module, cls, call, status, abs_error, rel_error, tuple(n for n, _ in pairs), partial)
+
+
+def _errors(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> tuple[float, float, bool]:
+    """(max abs error, max rel error where ``|expected| > atol``, within ``atol + rtol * |expected|``)."""
+    got = np.asarray(actual, dtype=np.float64)
+    want = np.asarray(expected, dtype=np.float64)
+    if got.shape != want.shape:
+        return math.inf, math.inf, False
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    with np.errstate(invalid="ignore"):
+        diff = np.where(same, 0.0, np.abs(got - want))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    if not diff.size:
+        return 0.0, 0.0, True
+    scale = np.abs(want)
+    large = scale > atol
+    rel = float((diff[large] / scale[large]).max()) if large.any() else 0.0
+    with np.errstate(invalid="ignore"):
+        within = bool((diff <= atol + rtol * np.nan_to_num(scale, posinf=0.0)).all())
+    return float(diff.max()), rel, within
+
+
+def _compare_onnx(
+    target: _TaggedModel,
+    other: _TaggedModel,
+    actual: Mapping[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+    atol: float,
+    rtol: float,
+) -> list[CallComparison]:
+    """Module calls of ``target`` against the same calls of ``other``: values paired by name, else by shape."""
+    results = []
+    for key in target.boundaries.order:
+        module, call_index = key
+        record = target.hierarchy.modules[module]
+        call = call_index if record.calls > 1 else None
+        mine = target.boundaries.outputs.get(key, [])
+        theirs = list(other.boundaries.outputs.get(key, []))
+        pairs = []
+        unpaired = []
+        for name in mine:
+            if name in theirs:
+                theirs.remove(name)
+                match: str | None = name
+            else:
+                match = _by_shape(theirs, expected, tuple(actual[name].shape))
+            if match is None:
+                unpaired.append(tuple(actual[name].shape))
+                continue
+            pairs.append((name, expected[match]))
+        if not mine:
+            results.append(
+                CallComparison(
+                    module, record.cls, call, Status.NOT_COMPARABLE, reason="returns nothing the graph reads"
+                )
+            )
+            continue
+        if module not in other.hierarchy.modules:
+            reason = f"no module {module or '(root)'} in {other.path.name}"
+            results.append(CallComparison(module, record.cls, call, Status.NOT_COMPARABLE, reason=reason))
+            continue
+        results.append(_compared(module, record.cls, call, pairs, actual, unpaired, atol, rtol, True))
+    return results
