@@ -35,6 +35,17 @@ if TYPE_CHECKING:
 
 __all__ = ["CallComparison", "Status", "VerifyResult", "verify"]
 
+# Files one of which a checkpoint folder with a tokenizer holds.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
 
@@ -391,6 +402,10 @@ def _tokenized(proto: onnx.ModelProto, text: str, spec: str | None) -> dict[str,
     if spec is None:
         raise InputSpecError("--text needs the source checkpoint's tokenizer: pass --model SOURCE")
     location = _source.resolve_source(spec).location
+    folder = Path(location)
+    if folder.is_dir() and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        # transformers would build an empty tokenizer (special tokens only) instead of failing
+        raise InputSpecError(f"{spec} has no tokenizer to encode --text; pass --inputs FILE.npz instead")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(location)
     except (OSError, ValueError, TypeError) as error:
