@@ -25,6 +25,22 @@ class Exported:
     model: ir.Model
 
 
+RunCli = Callable[[list[str]], tuple[int, str, str]]
+
+
+@pytest.fixture()
+def run_cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
+    """Runs the CLI in-process; returns its exit code, stdout and stderr."""
+    from onnx_hierarchy.cli import main
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        code = main(args)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Returns a folder holding only the tiny config.json of a model type."""

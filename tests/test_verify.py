@@ -156,3 +156,13 @@ def test_result_json_round_trips(exported: Callable[[str], Exported]) -> None:
     data = json.loads(json.dumps(onnx_hierarchy.verify(exported("vit").result.output).to_json()))
     assert data["passed"] and data["calls_ran"] == len(data["calls"])
     assert data["calls_compared"] == sum(c["status"] != "not comparable" for c in data["calls"])
+
+
+def test_recorded_source_not_found_says_to_pass_one(exported: Callable[[str], Exported], tmp_path: Path) -> None:
+    model = onnx.load(exported("bert").result.output)
+    for prop in model.metadata_props:
+        if prop.key == schema.EXPORT_KEY:
+            prop.value = json.dumps({**json.loads(prop.value), "source": str(tmp_path / "moved-away")})
+    onnx.save(model, tmp_path / "moved.onnx")
+    with pytest.raises(ModelSourceError, match=r"records its source as .* pass it with --model SOURCE"):
+        onnx_hierarchy.verify(tmp_path / "moved.onnx")

@@ -21,8 +21,8 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from onnx_hierarchy import _hierarchy, _reading, _runtime, _saving, _stats, schema
-from onnx_hierarchy.errors import ExtractionError, ModelFileError, OutputError
+from onnx_hierarchy import _hierarchy, _runtime, _saving, _stats, schema
+from onnx_hierarchy.errors import ExtractionError, OutputError
 from onnx_hierarchy.schema import PieceRecord
 
 __all__ = ["DEFAULT_ATOL", "ExtractResult", "Piece", "PieceCheck", "SkippedModule", "extract", "extract_all"]
@@ -254,13 +254,7 @@ class _TaggedModel:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.proto = _reading.read_proto(path)
-        self.hierarchy = _hierarchy.from_proto(path, self.proto)
-        if self.hierarchy.source != "hierarchy":
-            raise ModelFileError(
-                f"{path}: nodes carry no hierarchy tags (modules could only be derived from "
-                f"{self.hierarchy.source}); export the model with `onnx-hierarchy export MODEL OUTPUT.onnx` to tag it"
-            )
+        self.proto, self.hierarchy = _hierarchy.load_tagged(path, "to tag it, then extract")
         self.model = ir.serde.deserialize_model(self.proto)
         ir.external_data.set_base_dir(self.model.graph, path.parent)
         top_level = [info for info in self.hierarchy.node_list if info.parent is None]

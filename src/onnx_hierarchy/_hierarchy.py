@@ -26,7 +26,7 @@ from pathlib import Path
 import onnx
 
 from onnx_hierarchy import _reading, schema
-from onnx_hierarchy.errors import UnknownModuleError
+from onnx_hierarchy.errors import ModelFileError, UnknownModuleError
 from onnx_hierarchy.schema import ModuleRecord
 
 SOURCES = ("hierarchy", "torch-name-scopes", "scoped-names", "none")
@@ -172,6 +172,23 @@ def load(path: str | os.PathLike[str]) -> Hierarchy:
         ModelFileError: The file is missing, not ONNX, or truncated.
     """
     return from_proto(path, _reading.read_proto(path))
+
+
+def load_tagged(path: str | os.PathLike[str], purpose: str) -> tuple[onnx.ModelProto, Hierarchy]:
+    """The model (weights left on disk) and its hierarchy, for commands that need this project's tags.
+
+    Raises:
+        ModelFileError: The file is unreadable, or its nodes carry no hierarchy tags; the message says how
+            to tag it and names ``purpose`` ("to extract modules").
+    """
+    proto = _reading.read_proto(path)
+    hierarchy = from_proto(path, proto)
+    if hierarchy.source != "hierarchy":
+        raise ModelFileError(
+            f"{path}: nodes carry no hierarchy tags (modules could only be derived from {hierarchy.source}); "
+            f"export the model with `onnx-hierarchy export MODEL OUTPUT.onnx` {purpose}"
+        )
+    return proto, hierarchy
 
 
 def from_proto(path: str | os.PathLike[str], model: onnx.ModelProto) -> Hierarchy:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from onnx_hierarchy import _hierarchy, _reading, _runtime, schema
+from onnx_hierarchy import _hierarchy, _runtime, schema
 from onnx_hierarchy._hierarchy import Hierarchy
 from onnx_hierarchy.errors import InputSpecError, ModelFileError, ModelSourceError, summarize
 
@@ -190,9 +190,14 @@ def verify(
     """
     report = progress or (lambda _message: None)
     target = _TaggedModel.read(Path(model))
-    record = schema.read_export_record(dict((p.key, p.value) for p in target.proto.metadata_props))
+    record = target.record
     if reference is not None:
         other = _TaggedModel.read(Path(reference))
+        if record is not None and other.record is not None and record.model_type != other.record.model_type:
+            raise ModelSourceError(
+                f"{other.path.name} is a {other.record.model_type} model, but {target.path.name} a "
+                f"{record.model_type} one; compare two exports of the same source"
+            )
         feeds = _feeds(target.proto, record, inputs, text, None)
         report("running both ONNX models")
         expected = other.run(feeds)
@@ -233,20 +238,16 @@ class _TaggedModel:
     path: Path
     proto: onnx.ModelProto
     hierarchy: Hierarchy
+    record: schema.ExportRecord | None
     boundaries: _Boundaries
 
     @classmethod
     def read(cls, path: Path) -> _TaggedModel:
-        proto = _reading.read_proto(path)
-        hierarchy = _hierarchy.from_proto(path, proto)
-        if hierarchy.source != "hierarchy":
-            raise ModelFileError(
-                f"{path}: nodes carry no hierarchy tags; export the model with `onnx-hierarchy export` to verify it"
-            )
-        record = schema.read_export_record(dict((p.key, p.value) for p in proto.metadata_props))
+        proto, hierarchy = _hierarchy.load_tagged(path, "to tag it, then verify")
+        record = schema.read_export_record({p.key: p.value for p in proto.metadata_props})
         if record is not None and record.structure_only:
             raise ModelFileError(f"{path}: a structure-only export has no weights to run; export it with weights")
-        return cls(path, proto, hierarchy, _call_boundaries(hierarchy))
+        return cls(path, proto, hierarchy, record, _call_boundaries(hierarchy))
 
     def parents(self) -> dict[str, str | None]:
         return {path: record.parent for path, record in self.hierarchy.modules.items()}
@@ -336,7 +337,15 @@ def _torch_model(
             "with --model SOURCE"
         )
     spec = source if source is not None else record.source  # type: ignore[union-attr]
-    resolved = _source.resolve_source(spec)
+    try:
+        resolved = _source.resolve_source(spec)
+    except ModelSourceError as error:
+        if source is not None:
+            raise
+        raise ModelSourceError(
+            f"{target.path.name} records its source as {spec!r}, which cannot be loaded from here ({error}); "
+            "pass it with --model SOURCE"
+        ) from error
     model_type = resolved.config.model_type
     if record is not None and model_type != record.model_type:
         raise ModelSourceError(

@@ -12,20 +12,12 @@ import pytest
 import transformers
 
 from architectures import UNTRACEABLE
-from onnx_hierarchy.cli import main
+from conftest import RunCli
 
 
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_export_json_output(
-    config_dir: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_export_json_output(config_dir: Callable[[str], Path], tmp_path: Path, run_cli: RunCli) -> None:
     output = tmp_path / "m.onnx"
-    code, out, err = _run(["export", str(config_dir("resnet")), str(output), "--format", "json"], capsys)
+    code, out, err = run_cli(["export", str(config_dir("resnet")), str(output), "--format", "json"])
     assert code == 0, err
     data = json.loads(out)
     assert data["output"] == str(output) and output.exists()
@@ -34,10 +26,8 @@ def test_export_json_output(
     assert "random weights (seed 0)" in err
 
 
-def test_export_text_output_with_tree(
-    config_dir: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, _ = _run(["export", str(config_dir("albert")), str(tmp_path / "m.onnx"), "--tree"], capsys)
+def test_export_text_output_with_tree(config_dir: Callable[[str], Path], tmp_path: Path, run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["export", str(config_dir("albert")), str(tmp_path / "m.onnx"), "--tree"])
     assert code == 0
     assert "AlbertModel" in out and "3 calls" in out and "traced" in out
 
@@ -88,12 +78,12 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path, Callable[[str], Path]], list[str]], 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_one_line_exit_2_and_nothing_written(
-    case: str, config_dir: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    case: str, config_dir: Callable[[str], Path], tmp_path: Path, run_cli: RunCli
 ) -> None:
     make_args, message = BAD_INPUTS[case]
     args = make_args(tmp_path, config_dir)
     before = {p for p in tmp_path.rglob("*")}
-    code, out, err = _run(["export", *args], capsys)
+    code, out, err = run_cli(["export", *args])
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("ERROR: "), err
@@ -102,13 +92,13 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     assert not any(p.suffix == ".onnx" for p in set(tmp_path.rglob("*")) - before)
 
 
-def test_debug_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(["export", str(tmp_path / "nope"), str(tmp_path / "o.onnx"), "--debug"], capsys)
+def test_debug_shows_the_traceback(tmp_path: Path, run_cli: RunCli) -> None:
+    code, _, err = run_cli(["export", str(tmp_path / "nope"), str(tmp_path / "o.onnx"), "--debug"])
     assert code == 2 and "Traceback" in err and "ERROR:" in err
 
 
-def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(["export", "--batch-size", "0", "a", "b.onnx"], capsys)
+def test_usage_errors_exit_2(run_cli: RunCli) -> None:
+    code, _, err = run_cli(["export", "--batch-size", "0", "a", "b.onnx"])
     assert code == 2 and "batch-size" in err
 
 

@@ -9,14 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from conftest import Exported
-from onnx_hierarchy.cli import main
-
-
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from conftest import Exported, RunCli
 
 
 @pytest.fixture()
@@ -24,8 +17,8 @@ def vit(exported: Callable[[str], Exported]) -> str:
     return str(exported("vit").result.output)
 
 
-def test_all_with_check_reports_one_row_per_piece(vit: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(["extract", vit, "--all", str(tmp_path / "pieces"), "--check", "--format", "json"], capsys)
+def test_all_with_check_reports_one_row_per_piece(vit: str, tmp_path: Path, run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["extract", vit, "--all", str(tmp_path / "pieces"), "--check", "--format", "json"])
     assert code == 0
     report = json.loads(out)
     files = sorted(p.name for p in (tmp_path / "pieces").iterdir())
@@ -36,22 +29,20 @@ def test_all_with_check_reports_one_row_per_piece(vit: str, tmp_path: Path, caps
         assert [v.name for v in graph.input] == piece["inputs"] and len(graph.node) == piece["nodes"]
 
 
-def test_one_module_in_text(vit: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_module_in_text(vit: str, tmp_path: Path, run_cli: RunCli) -> None:
     piece = tmp_path / "layer.onnx"
-    code, out, _ = _run(["extract", vit, "-m", "layers.1", "-o", str(piece), "--check"], capsys)
+    code, out, _ = run_cli(["extract", vit, "-m", "layers.1", "-o", str(piece), "--check"])
     assert code == 0 and piece.is_file()
     assert "layers.1" in out and "ViTLayer" in out and "pass" in out
     assert "all 1 pieces reproduce the model" in out
 
 
-def test_selection_by_depth_and_class(vit: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(["extract", vit, "--all", str(tmp_path / "d1"), "--depth", "1", "--format", "csv"], capsys)
+def test_selection_by_depth_and_class(vit: str, tmp_path: Path, run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["extract", vit, "--all", str(tmp_path / "d1"), "--depth", "1", "--format", "csv"])
     assert code == 0
     assert out.splitlines()[0].startswith("module,class,nodes,edges,inputs,outputs")
     assert {line.split(",")[0] for line in out.splitlines()[1:]} == {"embeddings", "layers", "layernorm", "pooler"}
-    code, out, _ = _run(
-        ["extract", vit, "--all", str(tmp_path / "ln"), "--class", "LayerNorm", "--format", "json"], capsys
-    )
+    code, out, _ = run_cli(["extract", vit, "--all", str(tmp_path / "ln"), "--class", "LayerNorm", "--format", "json"])
     assert code == 0
     assert {p["class"] for p in json.loads(out)["pieces"]} == {"LayerNorm"}
 
@@ -67,16 +58,16 @@ def test_selection_by_depth_and_class(vit: str, tmp_path: Path, capsys: pytest.C
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
-    vit: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+    vit: str, tmp_path: Path, run_cli: RunCli, args: list[str], message: str
 ) -> None:
     output = ["-o", str(tmp_path / "piece.onnx")] if args else []
-    code, out, err = _run(["extract", vit, *args, *output], capsys)
+    code, out, err = run_cli(["extract", vit, *args, *output])
     assert code == 2 and not out
     assert message in err and sum(line.startswith(("ERROR:", "Error:")) for line in err.splitlines()) == 1
     assert not list(tmp_path.iterdir())
 
 
-def test_untagged_model_says_how_to_tag_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_untagged_model_says_how_to_tag_it(tmp_path: Path, run_cli: RunCli) -> None:
     spec = onnx.helper.make_tensor_value_info
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["x"], ["y"], name="/encoder/Relu")],
@@ -86,6 +77,6 @@ def test_untagged_model_says_how_to_tag_it(tmp_path: Path, capsys: pytest.Captur
     )
     path = tmp_path / "plain.onnx"
     onnx.save(onnx.helper.make_model(graph), path)
-    code, _, err = _run(["extract", str(path), "--all", str(tmp_path / "pieces")], capsys)
+    code, _, err = run_cli(["extract", str(path), "--all", str(tmp_path / "pieces")])
     assert code == 2 and "ERROR:" in err and "onnx-hierarchy export" in err and "scoped-names" in err
     assert not (tmp_path / "pieces").exists()

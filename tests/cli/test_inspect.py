@@ -12,15 +12,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from conftest import Exported
+from conftest import Exported, RunCli
 from onnx_hierarchy import schema
-from onnx_hierarchy.cli import main
-
-
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture()
@@ -28,8 +21,8 @@ def bert(exported: Callable[[str], Exported]) -> str:
     return str(exported("bert").result.output)
 
 
-def test_tree_json_and_csv_agree_with_the_file(bert: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(["tree", bert, "--format", "json"], capsys)
+def test_tree_json_and_csv_agree_with_the_file(bert: str, run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["tree", bert, "--format", "json"])
     assert code == 0
     rows = {row["path"]: row for row in json.loads(out)}
     nodes = onnx.load(bert, load_external_data=False).graph.node
@@ -37,35 +30,35 @@ def test_tree_json_and_csv_agree_with_the_file(bert: str, capsys: pytest.Capture
     query = "encoder.layer.0.attention.self.query"
     recount = sum(1 for n in nodes if {p.key: p.value for p in n.metadata_props}[schema.MODULE_KEY] == query)
     assert rows[query]["own_nodes"] == rows[query]["nodes"] == recount
-    code, out, _ = _run(["tree", bert, "--depth", "1", "--format", "csv"], capsys)
+    code, out, _ = run_cli(["tree", bert, "--depth", "1", "--format", "csv"])
     assert [r["path"] for r in csv.DictReader(io.StringIO(out))] == ["", "embeddings", "encoder", "pooler"]
 
 
-def test_tree_text_collapses_layers_and_selects_by_class(bert: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(["tree", bert], capsys)
+def test_tree_text_collapses_layers_and_selects_by_class(bert: str, run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["tree", bert])
     assert code == 0 and "BertModel" in out and "×2 BertLayer" not in out  # the two layers differ in node count
-    code, out, _ = _run(["tree", bert, "--class", "BertSelfAttention", "--format", "json"], capsys)
+    code, out, _ = run_cli(["tree", bert, "--class", "BertSelfAttention", "--format", "json"])
     paths = [row["path"] for row in json.loads(out)]
     assert "encoder.layer.0.attention.self" in paths and "encoder.layer.1.attention.self.query" in paths
 
 
-def test_nodes_summary_and_markdown(bert: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(["nodes", bert, "-m", "encoder.layer.*.attention.self.query", "--format", "json"], capsys)
+def test_nodes_summary_and_markdown(bert: str, run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["nodes", bert, "-m", "encoder.layer.*.attention.self.query", "--format", "json"])
     assert code == 0
     rows = json.loads(out)
     assert [r["op_type"] for r in rows] == ["MatMul", "Add", "MatMul", "Add"]
     assert [r["index"] for r in rows] == sorted(r["index"] for r in rows)
-    code, out, _ = _run(["summary", bert, "--format", "json"], capsys)
+    code, out, _ = run_cli(["summary", bert, "--format", "json"])
     rows = json.loads(out)
     assert [r["module"] for r in rows] == ["embeddings", "encoder", "pooler", "total"]
     assert rows[-1]["ops"] == sum(r["ops"] for r in rows[:-1])
-    code, out, _ = _run(["summary", bert, "--format", "markdown"], capsys)
+    code, out, _ = run_cli(["summary", bert, "--format", "markdown"])
     assert out.splitlines()[0].startswith("| module | class | ops |")
 
 
 @pytest.mark.parametrize("fmt", ["json", "graphml", "dot"])
-def test_dag_formats(bert: str, fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(["dag", bert, "-m", "encoder.layer.0.attention", "--format", fmt], capsys)
+def test_dag_formats(bert: str, fmt: str, run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["dag", bert, "-m", "encoder.layer.0.attention", "--format", fmt])
     assert code == 0
     if fmt == "json":
         data = json.loads(out)
@@ -78,19 +71,17 @@ def test_dag_formats(bert: str, fmt: str, capsys: pytest.CaptureFixture[str]) ->
         assert out.startswith("digraph") and "subgraph cluster_" in out
 
 
-def test_diff_and_validate(
-    bert: str, exported: Callable[[str], Exported], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, _ = _run(["diff", bert, bert, "--format", "json"], capsys)
+def test_diff_and_validate(bert: str, exported: Callable[[str], Exported], tmp_path: Path, run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["diff", bert, bert, "--format", "json"])
     assert code == 0 and json.loads(out) == []
-    code, out, _ = _run(["diff", bert, str(exported("albert").result.output), "--format", "json"], capsys)
+    code, out, _ = run_cli(["diff", bert, str(exported("albert").result.output), "--format", "json"])
     assert code == 0 and any(d["path"] == "encoder.layer.0.attention.self.query" for d in json.loads(out))
-    code, out, _ = _run(["validate", bert], capsys)
+    code, out, _ = run_cli(["validate", bert])
     assert code == 0 and "ok" in out
     model = onnx.load(bert)
     model.graph.node[0].ClearField("metadata_props")
     onnx.save(model, tmp_path / "untagged-node.onnx")
-    code, out, _ = _run(["validate", str(tmp_path / "untagged-node.onnx"), "--format", "json"], capsys)
+    code, out, _ = run_cli(["validate", str(tmp_path / "untagged-node.onnx"), "--format", "json"])
     assert code == 1 and any("no hierarchy.module" in p for p in json.loads(out)["problems"])
 
 
@@ -110,10 +101,10 @@ def test_bad_input_is_one_line_and_exit_2(
     message: str,
     bert: str,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    run_cli: RunCli,
 ) -> None:
     path = make(tmp_path, Path(bert))
-    code, out, err = _run([args[0], str(path), *args[1:]], capsys)
+    code, out, err = run_cli([args[0], str(path), *args[1:]])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and out == ""
     assert len(lines) == 1 and lines[0].startswith("ERROR: ") and message in lines[0], err

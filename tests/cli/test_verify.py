@@ -10,38 +10,29 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import Exported
+from conftest import Exported, RunCli
 from onnx_hierarchy import _runtime
-from onnx_hierarchy.cli import main
 from test_verify import _perturbed
 
 
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_agreement_exits_0_with_the_tree(
-    exported: Callable[[str], Exported], capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, out, err = _run(["verify", str(exported("bert").result.output)], capsys)
+def test_agreement_exits_0_with_the_tree(exported: Callable[[str], Exported], run_cli: RunCli) -> None:
+    code, out, err = run_cli(["verify", str(exported("bert").result.output)])
     assert code == 0
     assert "BertModel" in out and "query Linear ok" in out and "0 over tolerance" in out
     assert "random weights from seed 0" in err
 
 
 def test_divergence_exits_1_and_points_at_the_module(
-    exported: Callable[[str], Exported], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    exported: Callable[[str], Exported], tmp_path: Path, run_cli: RunCli
 ) -> None:
     source = exported("bert")
     broken = _perturbed(source.result.output, "encoder.layer.0.intermediate.dense", tmp_path / "broken.onnx")
     args = ["verify", str(broken), "--model", str(source.config_dir)]
-    code, out, _ = _run(args, capsys)
+    code, out, _ = run_cli(args)
     assert code == 1
     assert "first over tolerance: encoder.layer.0.intermediate.dense (Linear)" in out
     assert "◀ first over tolerance" in out
-    code, out, _ = _run([*args, "--format", "json"], capsys)
+    code, out, _ = run_cli([*args, "--format", "json"])
     report = json.loads(out)
     assert code == 1 and report["first_over_tolerance"] == {
         "module": "encoder.layer.0.intermediate.dense",
@@ -63,7 +54,7 @@ def test_bad_input_is_one_line_and_exit_2(
     exported: Callable[[str], Exported],
     config_dir: Callable[[str], Path],
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    run_cli: RunCli,
 ) -> None:
     path = str(exported("bert").result.output)
     feeds = _runtime.dummy_feeds(onnx.load(path))
@@ -73,6 +64,6 @@ def test_bad_input_is_one_line_and_exit_2(
         "npz": ["--inputs", str(tmp_path / "inputs.npz")],
         "both": ["--model", str(config_dir("bert")), "--reference", path],
     }[case]
-    code, out, err = _run(["verify", path, *args], capsys)
+    code, out, err = run_cli(["verify", path, *args])
     assert code == 2 and not out and message in err
     assert sum(line.startswith(("ERROR:", "Error:")) for line in err.splitlines()) == 1
