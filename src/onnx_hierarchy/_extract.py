@@ -288,8 +288,8 @@ class _TaggedModel:
             which = f"call {call} of " if call is not None else ""
             raise ExtractionError(
                 f"{self.path}: {which}module {module or '(root)'} ({record.cls}) has no nodes in the graph "
-                "(its computation was folded into constants or merged into other modules); pick a module that has "
-                "nodes, e.g. with `onnx-hierarchy summary`"
+                "(nothing it computes survived the export: an identity such as Dropout in eval mode, or work folded "
+                "into constants); pick a module that has nodes, e.g. with `onnx-hierarchy tree`"
             )
         return _boundary(module, call, nodes, self.owners, self.model.graph)
 
