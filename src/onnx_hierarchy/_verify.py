@@ -16,9 +16,10 @@ Nothing is paired by closeness of values, so a wrong number can never be hidden 
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,7 +201,7 @@ def verify(
             )
         feeds = _feeds(target.proto, record, inputs, text, None)
         report("running both ONNX models")
-        expected = other.run(feeds)
+        expected = other.run(feeds, also=target.produced)
         actual = target.run(feeds)
         calls = _compare_onnx(target, other, actual, expected, atol, rtol)
         return VerifyResult(
@@ -252,11 +253,19 @@ class _TaggedModel:
     def parents(self) -> dict[str, str | None]:
         return {path: record.parent for path, record in self.hierarchy.modules.items()}
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs the model once, with every value crossing a module call's border exposed."""
+    @functools.cached_property
+    def produced(self) -> frozenset[str]:
+        """Names of the values the model's top-level nodes compute."""
+        return frozenset(name for n in self.hierarchy.node_list if n.parent is None for name in n.outputs if name)
+
+    def run(self, feeds: Mapping[str, np.ndarray], also: Iterable[str] = ()) -> dict[str, np.ndarray]:
+        """Runs the model once, with every value crossing a module call's border exposed, and those of
+        ``also`` that the model computes."""
         crossing = [*self.boundaries.outputs.values(), *self.boundaries.inputs.values()]
+        names = [name for names in crossing for name in names]
+        names += sorted(set(also) & self.produced)
         try:
-            return _runtime.run(self.proto, self.path.parent, feeds, (name for names in crossing for name in names))
+            return _runtime.run(self.proto, self.path.parent, feeds, names)
         except _runtime.RuntimeFailure as failure:
             raise ModelFileError(f"{self.path}: {failure}") from failure
 
@@ -440,7 +449,7 @@ class _TorchCall:
     call: int
     outputs: list[torch.Tensor]
     identities: list[tuple[Any, ...]]
-    inputs: list[tuple[tuple[Any, ...], tuple[int, ...]]] = field(default_factory=list)
+    inputs: list[tuple[tuple[Any, ...], tuple[int, ...], str]] = field(default_factory=list)
 
 
 def _record_calls(
@@ -467,7 +476,7 @@ def _record_calls(
         given = [leaf for leaf in pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)]
         keep_alive.append((leaves, given))
         outputs = [t.detach().clone() for t in leaves]
-        inputs = [(_identity(t), tuple(t.shape)) for t in given]
+        inputs = [(_identity(t), tuple(t.shape), _torch_kind(t)) for t in given]
         recorded.append(_TorchCall(path, counts[path], outputs, [_identity(t) for t in leaves], inputs))
         counts[path] += 1
 
@@ -501,20 +510,20 @@ def _compare_torch(
 ) -> list[CallComparison]:
     boundaries = target.boundaries
     modules = target.hierarchy.modules
-    # Pass 1: outputs and inputs paired by shape, remembering which ONNX value each PyTorch tensor is.
+    # Pass 1: outputs and inputs paired by shape and element kind, remembering which ONNX value each PyTorch tensor is.
     known = dict(input_identities)
     paired: list[list[str | None]] = []
     for torch_call in recorded:
         key = (torch_call.module, torch_call.call)
         candidates = list(boundaries.outputs.get(key, []))
-        names = [_by_shape(candidates, actual, tuple(t.shape)) for t in torch_call.outputs]
+        names = [_take_match(candidates, actual, tuple(t.shape), _torch_kind(t)) for t in torch_call.outputs]
         paired.append(names)
         for identity, name in zip(torch_call.identities, names, strict=True):
             if name is not None:
                 known.setdefault(identity, name)
         read = list(boundaries.inputs.get(key, []))
-        for identity, shape in torch_call.inputs:
-            name = _by_shape(read, actual, shape)
+        for identity, shape, kind in torch_call.inputs:
+            name = _take_match(read, actual, shape, kind)
             if name is not None:
                 known.setdefault(identity, name)
     # Pass 2: outputs without a value of their own are the very tensor of a value paired elsewhere.
@@ -545,12 +554,29 @@ def _compare_torch(
     return results
 
 
-def _by_shape(candidates: list[str], values: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> str | None:
-    """Takes the first remaining candidate of ``shape`` out of ``candidates``."""
+def _take_match(
+    candidates: list[str], values: Mapping[str, np.ndarray], shape: tuple[int, ...], kind: str
+) -> str | None:
+    """Takes the first remaining candidate of ``shape`` and element ``kind`` out of ``candidates``.
+
+    The kind keeps a quantized value (int8 where PyTorch has floats) from being compared as if it were one.
+    """
     for index, name in enumerate(candidates):
-        if tuple(values[name].shape) == shape:
+        if tuple(values[name].shape) == shape and _kind(values[name].dtype) == kind:
             return candidates.pop(index)
     return None
+
+
+def _kind(dtype: Any) -> str:
+    """``f`` floating, ``i`` integer, ``b`` boolean: what makes two values comparable."""
+    kind = np.dtype(dtype).kind
+    return "i" if kind == "u" else kind
+
+
+def _torch_kind(tensor: torch.Tensor) -> str:
+    if tensor.is_floating_point():
+        return "f"
+    return "b" if str(tensor.dtype) == "torch.bool" else "i"
 
 
 def _compared(
@@ -569,7 +595,8 @@ def _compared(
             reason = "returns no tensor"
         elif has_nodes:
             reason = (
-                f"no value of shape {list(unpaired[0])} leaves its nodes (folded away or merged into another module)"
+                f"no value of shape {list(unpaired[0])} and the same element type leaves its nodes "
+                "(folded away, merged into another module, or quantized)"
             )
         else:
             reason = "no nodes in the ONNX graph, and its output is no value computed elsewhere"
@@ -613,36 +640,40 @@ def _compare_onnx(
     atol: float,
     rtol: float,
 ) -> list[CallComparison]:
-    """Module calls of ``target`` against the same calls of ``other``: values paired by name, else by shape."""
+    """Module calls of ``target`` against the same calls of ``other``.
+
+    A value is compared with the reference's value of the same name when the reference has one (converters
+    and quantizers keep names). A value the reference lacks (fp16 conversion renames the values feeding the
+    graph outputs) is paired by shape and kind with one of the reference's values leaving the same call
+    that the target's call does not name.
+    """
     results = []
     for key in target.boundaries.order:
         module, call_index = key
         record = target.hierarchy.modules[module]
         call = call_index if record.calls > 1 else None
         mine = target.boundaries.outputs.get(key, [])
-        theirs = list(other.boundaries.outputs.get(key, []))
-        pairs = []
-        unpaired = []
-        for name in mine:
-            if name in theirs:
-                theirs.remove(name)
-                match: str | None = name
-            else:
-                match = _by_shape(theirs, expected, tuple(actual[name].shape))
-            if match is None:
-                unpaired.append(tuple(actual[name].shape))
-                continue
-            pairs.append((name, expected[match]))
         if not mine:
-            results.append(
-                CallComparison(
-                    module, record.cls, call, Status.NOT_COMPARABLE, reason="returns nothing the graph reads"
-                )
-            )
+            reason = "returns nothing the graph reads"
+            results.append(CallComparison(module, record.cls, call, Status.NOT_COMPARABLE, reason=reason))
             continue
         if module not in other.hierarchy.modules:
             reason = f"no module {module or '(root)'} in {other.path.name}"
             results.append(CallComparison(module, record.cls, call, Status.NOT_COMPARABLE, reason=reason))
             continue
+        theirs = [name for name in other.boundaries.outputs.get(key, []) if name not in mine]
+        pairs = []
+        unpaired = []
+        for name in mine:
+            shape, kind = tuple(actual[name].shape), _kind(actual[name].dtype)
+            if name in expected:
+                same = tuple(expected[name].shape) == shape and _kind(expected[name].dtype) == kind
+                match: str | None = name if same else None
+            else:
+                match = _take_match(theirs, expected, shape, kind)
+            if match is None:
+                unpaired.append(shape)
+            else:
+                pairs.append((name, expected[match]))
         results.append(_compared(module, record.cls, call, pairs, actual, unpaired, atol, rtol, True))
     return results
