@@ -180,3 +180,14 @@ def test_quantized_values_are_not_compared_as_floats(exported: Callable[[str], E
     assert lookup.status == "not comparable" and "quantized" in (lookup.reason or "")
     errors = [c.max_abs_error for c in calls.values() if c.max_abs_error is not None]
     assert errors and max(errors) < 0.5  # int8 weights: small errors everywhere, no value paired with its int8 twin
+
+
+def test_modules_fused_away_are_not_comparable_not_wrong(exported: Callable[[str], Exported]) -> None:
+    """torch.onnx fuses each Conv into the following BatchNorm, whose tag the fused node takes: the Conv
+    module has no value of its own, and must not be paired with a neighbour's."""
+    result = onnx_hierarchy.verify(exported("resnet").result.output)
+    assert result.passed
+    convolutions = [c for c in result.calls if c.module.endswith(".convolution")]
+    assert convolutions and all(c.status == "not comparable" for c in convolutions)
+    normalizations = [c for c in result.calls if c.module.endswith(".normalization")]
+    assert normalizations and all(c.status == "ok" for c in normalizations)

@@ -259,10 +259,9 @@ class _TaggedModel:
         return frozenset(name for n in self.hierarchy.node_list if n.parent is None for name in n.outputs if name)
 
     def run(self, feeds: Mapping[str, np.ndarray], also: Iterable[str] = ()) -> dict[str, np.ndarray]:
-        """Runs the model once, with every value crossing a module call's border exposed, and those of
-        ``also`` that the model computes."""
-        crossing = [*self.boundaries.outputs.values(), *self.boundaries.inputs.values()]
-        names = [name for names in crossing for name in names]
+        """Runs the model once, with every value leaving a module call exposed, and those of ``also`` that
+        the model computes."""
+        names = [name for names in self.boundaries.outputs.values() for name in names]
         names += sorted(set(also) & self.produced)
         try:
             return _runtime.run(self.proto, self.path.parent, feeds, names)
@@ -272,16 +271,14 @@ class _TaggedModel:
 
 @dataclass(frozen=True)
 class _Boundaries:
-    """Per module call, the values crossing its border, and the calls in the order their last node runs."""
+    """Per module call, the values leaving it, and the calls in the order their last node runs."""
 
     outputs: dict[CallKey, list[str]]
-    inputs: dict[CallKey, list[str]]
     order: list[CallKey]
 
 
 def _call_boundaries(hierarchy: Hierarchy) -> _Boundaries:
-    """Per module call: the values its nodes compute that other nodes read or the model returns (outputs),
-    and the values its nodes read from other nodes or the model's inputs (inputs), in node order."""
+    """Per module call: the values its nodes compute that other nodes read or the model returns, in node order."""
     top = [n for n in hierarchy.node_list if n.parent is None]
     ancestors: dict[str, list[str]] = {}
     for path, record in hierarchy.modules.items():  # parents come first
@@ -294,20 +291,11 @@ def _call_boundaries(hierarchy: Hierarchy) -> _Boundaries:
             if call is not None:
                 keys.add((module, call))
         memberships[node.index] = keys
-    owner = {n.index: _top_level(hierarchy, n.index) for n in hierarchy.node_list}
-    producer = {name: node.index for node in top for name in node.outputs if name}
     readers: dict[str, list[int]] = collections.defaultdict(list)
-    inputs: dict[CallKey, list[str]] = collections.defaultdict(list)
     for node in hierarchy.node_list:
-        keys = memberships[owner[node.index]]
         for name in node.inputs:
-            if not name or name in hierarchy.initializers:
-                continue
-            readers[name].append(owner[node.index])
-            made_by = memberships.get(producer[name], set()) if name in producer else set()
-            for key in keys - made_by:
-                if name not in inputs[key]:
-                    inputs[key].append(name)
+            if name:
+                readers[name].append(_top_level(hierarchy, node.index))
     returned = set(hierarchy.graph_outputs)
     outputs: dict[CallKey, list[str]] = collections.defaultdict(list)
     last: dict[CallKey, int] = {}
@@ -323,7 +311,7 @@ def _call_boundaries(hierarchy: Hierarchy) -> _Boundaries:
                     outputs[key].append(name)
     if ("", 0) in outputs:  # the model's outputs, in the order the model returns them
         outputs[("", 0)] = [*hierarchy.graph_outputs, *(n for n in outputs[("", 0)] if n not in returned)]
-    return _Boundaries(dict(outputs), dict(inputs), sorted(last, key=lambda k: (last[k], -len(k[0]))))
+    return _Boundaries(dict(outputs), sorted(last, key=lambda k: (last[k], -len(k[0]))))
 
 
 def _top_level(hierarchy: Hierarchy, index: int) -> int:
@@ -442,14 +430,12 @@ def _tokenized(proto: onnx.ModelProto, text: str, spec: str | None) -> dict[str,
 
 @dataclass
 class _TorchCall:
-    """One module call as PyTorch ran it: its tensor outputs, and the identities and shapes of its
-    tensor inputs and outputs."""
+    """One module call as PyTorch ran it: its tensor outputs and their identities."""
 
     module: str
     call: int
     outputs: list[torch.Tensor]
     identities: list[tuple[Any, ...]]
-    inputs: list[tuple[tuple[Any, ...], tuple[int, ...], str]] = field(default_factory=list)
 
 
 def _record_calls(
@@ -467,22 +453,20 @@ def _record_calls(
     recorded: list[_TorchCall] = []
     keep_alive: list[Any] = []  # storage of recorded outputs must not be reused: identities compare addresses
 
-    def hook(module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+    def hook(module: torch.nn.Module, _args: Any, output: Any) -> None:
         paths = names[id(module)]
         if len(paths) != 1:
             return  # one instance under several names: torch numbers its calls per name, hooks cannot
         path = paths[0]
         leaves = [leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor)]
-        given = [leaf for leaf in pytree.tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)]
-        keep_alive.append((leaves, given))
+        keep_alive.append(leaves)
         outputs = [t.detach().clone() for t in leaves]
-        inputs = [(_identity(t), tuple(t.shape), _torch_kind(t)) for t in given]
-        recorded.append(_TorchCall(path, counts[path], outputs, [_identity(t) for t in leaves], inputs))
+        recorded.append(_TorchCall(path, counts[path], outputs, [_identity(t) for t in leaves]))
         counts[path] += 1
 
     tensors = {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in feeds.items()}
     unique = {id(m): m for m in torch_model.modules()}.values()
-    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in unique]
+    handles = [m.register_forward_hook(hook) for m in unique]
     try:
         with torch.no_grad():
             torch_model(**tensors)
@@ -510,7 +494,9 @@ def _compare_torch(
 ) -> list[CallComparison]:
     boundaries = target.boundaries
     modules = target.hierarchy.modules
-    # Pass 1: outputs and inputs paired by shape and element kind, remembering which ONNX value each PyTorch tensor is.
+    # Pass 1: outputs paired by shape and element kind, remembering which ONNX value each PyTorch tensor is.
+    # (Not inputs: when the optimizer fuses nodes across modules, a module's ONNX inputs are not its
+    # PyTorch inputs; Conv fused into the next BatchNorm reads the Conv's input.)
     known = dict(input_identities)
     paired: list[list[str | None]] = []
     for torch_call in recorded:
@@ -519,11 +505,6 @@ def _compare_torch(
         names = [_take_match(candidates, actual, tuple(t.shape), _torch_kind(t)) for t in torch_call.outputs]
         paired.append(names)
         for identity, name in zip(torch_call.identities, names, strict=True):
-            if name is not None:
-                known.setdefault(identity, name)
-        read = list(boundaries.inputs.get(key, []))
-        for identity, shape, kind in torch_call.inputs:
-            name = _take_match(read, actual, shape, kind)
             if name is not None:
                 known.setdefault(identity, name)
     # Pass 2: outputs without a value of their own are the very tensor of a value paired elsewhere.
@@ -599,7 +580,7 @@ def _compared(
                 "(folded away, merged into another module, or quantized)"
             )
         else:
-            reason = "no nodes in the ONNX graph, and its output is no value computed elsewhere"
+            reason = "no nodes in the ONNX graph, and its output is not the output of another module call"
         return CallComparison(module, cls, call, Status.NOT_COMPARABLE, reason=reason)
     abs_error = rel_error = 0.0
     within = True
