@@ -196,3 +196,29 @@ def test_counts_of_pieces_per_class(exported: Callable[[str], Exported], tmp_pat
             "Gemm",
         }
         assert piece.parameters == sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+
+
+def test_large_pieces_keep_weights_in_external_data(
+    exported: Callable[[str], Exported], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnx_hierarchy import _saving
+
+    monkeypatch.setattr(_saving, "EXTERNAL_DATA_THRESHOLD", 0)
+    result = extract(exported("bert").result.output, "encoder", tmp_path / "encoder.onnx", check=True)
+    piece = result.pieces[0]
+    assert [f.name for f in piece.files] == ["encoder.onnx.data", "encoder.onnx"]
+    assert result.passed and result.checks[0].max_abs_diff <= 1e-6
+
+
+def test_weights_read_in_place_give_the_same_pieces(
+    exported: Callable[[str], Exported], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large single files are read with their weights referenced inside the file: same pieces, same check."""
+    from onnx_hierarchy import _reading
+
+    path = exported("bert").result.output
+    eager = extract(path, "encoder.layer.0", tmp_path / "eager.onnx").pieces[0]
+    monkeypatch.setattr(_reading, "LAZY_THRESHOLD", 0)
+    lazy = extract(path, "encoder.layer.0", tmp_path / "lazy.onnx", check=True)
+    assert lazy.passed
+    assert lazy.pieces[0].output.read_bytes() == eager.output.read_bytes()
