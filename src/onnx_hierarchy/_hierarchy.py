@@ -179,7 +179,7 @@ def load_tagged(path: str | os.PathLike[str], purpose: str) -> tuple[onnx.ModelP
 
     Raises:
         ModelFileError: The file is unreadable, or its nodes carry no hierarchy tags; the message says how
-            to tag it and names ``purpose`` ("to extract modules").
+            to tag it, ending with ``purpose`` ("to tag it, then extract").
     """
     proto = _reading.read_proto(path)
     hierarchy = from_proto(path, proto)
