@@ -21,7 +21,7 @@ from onnx_hierarchy.errors import InputSpecError, summarize
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-__all__ = ["RuntimeFailure", "dummy_feeds", "load_feeds", "max_abs_diff", "run", "session"]
+__all__ = ["RuntimeFailure", "abs_diff", "dummy_feeds", "load_feeds", "max_abs_diff", "run", "session"]
 
 _NUMPY_TYPES = {
     onnx.TensorProto.FLOAT: np.float32,
@@ -177,13 +177,23 @@ def _index_bounds(model: onnx.ModelProto) -> dict[str, int]:
     return bounds
 
 
-def max_abs_diff(expected: np.ndarray, actual: np.ndarray) -> float:
-    """Largest absolute difference; NaN or inf where both sides have it counts as equal, elsewhere as inf."""
+def abs_diff(expected: np.ndarray, actual: np.ndarray) -> np.ndarray | None:
+    """Element-wise ``|expected - actual|`` in float64, ``None`` when the shapes differ.
+
+    NaN or inf where both sides have it counts as equal (0), elsewhere as inf.
+    """
     if expected.shape != actual.shape:
-        return float("inf")
-    want, got = expected.astype(np.float64), actual.astype(np.float64)
+        return None
+    want, got = np.asarray(expected, dtype=np.float64), np.asarray(actual, dtype=np.float64)
     same = (want == got) | (np.isnan(want) & np.isnan(got))
     with np.errstate(invalid="ignore"):  # inf - inf: decided by `same` and the line below
         diff = np.where(same, 0.0, np.abs(want - got))
-    diff = np.where(np.isnan(diff), np.inf, diff)
+    return np.where(np.isnan(diff), np.inf, diff)
+
+
+def max_abs_diff(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Largest absolute difference, by :func:`abs_diff`'s rules; inf when the shapes differ."""
+    diff = abs_diff(expected, actual)
+    if diff is None:
+        return float("inf")
     return float(diff.max()) if diff.size else 0.0

@@ -595,17 +595,12 @@ def _compared(
 
 def _errors(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> tuple[float, float, bool]:
     """(max abs error, max rel error where ``|expected| > atol``, within ``atol + rtol * |expected|``)."""
-    got = np.asarray(actual, dtype=np.float64)
-    want = np.asarray(expected, dtype=np.float64)
-    if got.shape != want.shape:
+    diff = _runtime.abs_diff(np.asarray(expected), np.asarray(actual))
+    if diff is None:
         return math.inf, math.inf, False
-    same = (got == want) | (np.isnan(got) & np.isnan(want))
-    with np.errstate(invalid="ignore"):
-        diff = np.where(same, 0.0, np.abs(got - want))
-    diff = np.where(np.isnan(diff), np.inf, diff)
     if not diff.size:
         return 0.0, 0.0, True
-    scale = np.abs(want)
+    scale = np.abs(np.asarray(expected, dtype=np.float64))
     large = scale > atol
     rel = float((diff[large] / scale[large]).max()) if large.any() else 0.0
     with np.errstate(invalid="ignore"):
