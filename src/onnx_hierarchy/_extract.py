@@ -11,6 +11,7 @@ them is written), so cutting every module of a model costs about as much as writ
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from onnx_hierarchy import _hierarchy, _runtime, _saving, _stats, schema
+from onnx_hierarchy import _hierarchy, _reading, _runtime, _saving, _stats, schema
 from onnx_hierarchy.errors import ExtractionError, OutputError
 from onnx_hierarchy.schema import PieceRecord
 
@@ -214,8 +215,8 @@ def extract_all(
     if depth is not None:
         covering = set(_stats.modules_at_depth(hierarchy, depth))
         selected = [path for path in selected if path in covering]
-    skipped = tuple(SkippedModule(p, "no nodes in the graph") for p in selected if not source.has_nodes(p))
-    wanted = [p for p in selected if source.has_nodes(p)]
+    skipped = tuple(SkippedModule(p, "no nodes in the graph") for p in selected if p not in source.with_nodes)
+    wanted = [p for p in selected if p in source.with_nodes]
     if not wanted:
         raise ExtractionError(f"{source.path}: none of the {len(selected)} selected module(s) has nodes")
     if output_dir.exists() and not output_dir.is_dir():
@@ -255,15 +256,17 @@ class _TaggedModel:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.proto, self.hierarchy = _hierarchy.load_tagged(path, "to tag it, then extract")
-        self.model = ir.serde.deserialize_model(self.proto)
-        ir.external_data.set_base_dir(self.model.graph, path.parent)
+        self.model = _reading.read_ir(path, self.proto)
         top_level = [info for info in self.hierarchy.node_list if info.parent is None]
         self.tags = {node: (info.module, info.call) for node, info in zip(self.model.graph, top_level, strict=True)}
         self.owners = _subgraph_owners(self.model.graph)
         self.export_record = schema.read_export_record(self.model)
 
-    def has_nodes(self, module: str) -> bool:
-        return any(_hierarchy.within(m, module) for m, _ in self.tags.values())
+    @functools.cached_property
+    def with_nodes(self) -> frozenset[str]:
+        """Modules that have nodes, their own or their descendants'."""
+        lineages = self.hierarchy.lineages
+        return frozenset(path for module, _ in set(self.tags.values()) for path in lineages[module])
 
     def check_output(self, output: Path) -> None:
         if output.resolve() == self.path.resolve():
@@ -427,11 +430,7 @@ def _finish(
     if source.export_record is not None and source.export_record.structure_only:
         note = "not checked: a structure-only model has no weights to run"
         return ExtractResult(source.path, pieces, skipped, check_note=note)
-    if inputs is not None:
-        feeds = _runtime.load_feeds(Path(inputs), source.proto)
-    else:
-        shapes = {i.name: i.shape for i in source.export_record.inputs} if source.export_record else None
-        feeds = _runtime.dummy_feeds(source.proto, shapes)
+    feeds = _runtime.model_feeds(source.proto, source.export_record, inputs)
     boundary = [name for piece in pieces for name in (*piece.inputs, *piece.outputs)]
     try:
         values = _runtime.run(source.proto, source.path.parent, feeds, boundary)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import difflib
 import fnmatch
+import functools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -89,6 +90,14 @@ class Hierarchy:
         for path, record in self.modules.items():
             if record.parent is not None:
                 self._children.setdefault(record.parent, []).append(path)
+
+    @functools.cached_property
+    def lineages(self) -> dict[str, tuple[str, ...]]:
+        """Each module with its ancestors: itself first, the root last."""
+        chains: dict[str, tuple[str, ...]] = {}
+        for path, record in self.modules.items():  # parents come before children
+            chains[path] = (path, *chains[record.parent]) if record.parent is not None else (path,)
+        return chains
 
     def children(self, path: str) -> list[str]:
         """Direct submodules of ``path``, in ``named_modules()`` order."""

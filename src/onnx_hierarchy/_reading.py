@@ -58,9 +58,12 @@ def read_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
     return model
 
 
-def read_ir(path: str | os.PathLike[str]) -> ir.Model:
-    """The model as an onnx-ir graph whose weights load from disk only when used."""
-    model = ir.serde.deserialize_model(read_proto(path))
+def read_ir(path: str | os.PathLike[str], proto: onnx.ModelProto | None = None) -> ir.Model:
+    """The model as an onnx-ir graph whose weights load from disk only when used.
+
+    ``proto`` is the model as :func:`read_proto` already returned it, when the caller has it.
+    """
+    model = ir.serde.deserialize_model(proto if proto is not None else read_proto(path))
     ir.external_data.set_base_dir(model.graph, Path(path).parent)
     return model
 

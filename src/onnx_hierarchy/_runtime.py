@@ -17,11 +17,12 @@ import numpy as np
 import onnx
 
 from onnx_hierarchy.errors import InputSpecError, summarize
+from onnx_hierarchy.schema import ExportRecord
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-__all__ = ["RuntimeFailure", "abs_diff", "dummy_feeds", "load_feeds", "max_abs_diff", "run", "session"]
+__all__ = ["RuntimeFailure", "abs_diff", "dummy_feeds", "load_feeds", "max_abs_diff", "model_feeds", "run", "session"]
 
 _NUMPY_TYPES = {
     onnx.TensorProto.FLOAT: np.float32,
@@ -126,6 +127,15 @@ def dummy_feeds(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | No
         else:
             feeds[value.name] = generator.integers(0, bounds.get(value.name, 2), shape).astype(dtype)
     return feeds
+
+
+def model_feeds(
+    model: onnx.ModelProto, record: ExportRecord | None, inputs: str | os.PathLike[str] | None = None
+) -> dict[str, np.ndarray]:
+    """The inputs a check runs on: the ``.npz`` file when given, else generated at the recorded shapes."""
+    if inputs is not None:
+        return load_feeds(Path(inputs), model)
+    return dummy_feeds(model, {i.name: i.shape for i in record.inputs} if record is not None else None)
 
 
 def load_feeds(path: Path, model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -61,7 +61,7 @@ def module_stats(hierarchy: Hierarchy, paths: Iterable[str] | None = None, *, ed
     Node and op counts cost one pass over the nodes; ``edges`` adds one pass over the data flow.
     """
     wanted = list(hierarchy.modules) if paths is None else list(paths)
-    ancestors = _ancestors(hierarchy)
+    ancestors = hierarchy.lineages
     own: collections.Counter[str] = collections.Counter()
     ops: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for node in hierarchy.node_list:
@@ -89,14 +89,6 @@ def module_stats(hierarchy: Hierarchy, paths: Iterable[str] | None = None, *, ed
             )
         )
     return result
-
-
-def _ancestors(hierarchy: Hierarchy) -> dict[str, tuple[str, ...]]:
-    """Each module with its ancestors, itself first and the root last."""
-    chains: dict[str, tuple[str, ...]] = {}
-    for path, record in hierarchy.modules.items():  # parents come before children
-        chains[path] = (path, *chains[record.parent]) if record.parent is not None else (path,)
-    return chains
 
 
 def _edge_counts(

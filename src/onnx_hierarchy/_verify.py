@@ -280,13 +280,10 @@ class _Boundaries:
 def _call_boundaries(hierarchy: Hierarchy) -> _Boundaries:
     """Per module call: the values its nodes compute that other nodes read or the model returns, in node order."""
     top = [n for n in hierarchy.node_list if n.parent is None]
-    ancestors: dict[str, list[str]] = {}
-    for path, record in hierarchy.modules.items():  # parents come first
-        ancestors[path] = [*ancestors[record.parent], path] if record.parent is not None else [path]
     memberships: dict[int, set[CallKey]] = {}
     for node in top:
         keys = set()
-        for module in ancestors[node.module]:
+        for module in hierarchy.lineages[node.module]:
             call = hierarchy.call_within(module, node.module, node.call)
             if call is not None:
                 keys.add((module, call))
@@ -392,12 +389,9 @@ def _feeds(
 ) -> dict[str, np.ndarray]:
     if inputs is not None and text is not None:
         raise InputSpecError("give --inputs or --text, not both")
-    if inputs is not None:
-        return _runtime.load_feeds(Path(inputs), proto)
     if text is not None:
         return _tokenized(proto, text, spec or (record.source if record else None))
-    shapes = {i.name: i.shape for i in record.inputs} if record is not None else None
-    return _runtime.dummy_feeds(proto, shapes)
+    return _runtime.model_feeds(proto, record, inputs)
 
 
 def _tokenized(proto: onnx.ModelProto, text: str, spec: str | None) -> dict[str, np.ndarray]:
