@@ -180,9 +180,8 @@ def extract(
     """
     output = Path(output)
     source = _TaggedModel(Path(model))
-    source.hierarchy.module(module)
+    cut = source.cut(module, call)  # bad modules and calls fail here, before any folder is created
     source.check_output(output)
-    cut = source.cut(module, call)
     pieces = (source.write(cut, output),)
     return _finish(source, pieces, (), check, atol, inputs)
 
