@@ -213,3 +213,23 @@ def test_real_minilm_checkpoint(tmp_path: Path) -> None:
     assert result.check is not None and result.check.passed
     assert result.inferred == 0
     assert sum(1 for m in result.modules if m.cls == "BertLayer") == 6
+
+
+# Generative architectures whose saved config.json says "use_cache": true, as save_pretrained writes it.
+_CACHED = {"gpt2": "AutoModelForCausalLM", "llama": "AutoModelForCausalLM", "t5": "AutoModelForSeq2SeqLM"}
+
+
+@pytest.mark.parametrize("model_type", sorted(_CACHED))
+def test_saved_checkpoint_with_cache_on_exports_and_matches_pytorch(model_type: str, tmp_path: Path) -> None:
+    config = tiny_config(model_type)
+    config.use_cache = True
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        model = getattr(transformers, _CACHED[model_type]).from_config(config)
+    model.save_pretrained(tmp_path / "checkpoint")
+    assert json.loads((tmp_path / "checkpoint" / "config.json").read_text())["use_cache"] is True
+
+    result = onnx_hierarchy.export(tmp_path / "checkpoint", tmp_path / "model.onnx")
+    assert result.record.weights == "pretrained"
+    assert result.check is not None and result.check.passed, result.check
+    assert result.nodes == result.traced and result.inferred == 0

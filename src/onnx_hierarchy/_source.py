@@ -188,7 +188,8 @@ def build_model(
         progress_bars = transformers.utils.logging.is_progress_bar_enabled()
         transformers.utils.logging.disable_progress_bar()  # the library never prints; the CLI shows progress
         try:
-            model = model_class.from_pretrained(source.location, dtype=torch.float32, **kwargs)
+            # The config passed in carries the caller's changes (cache off); config.json would undo them.
+            model = model_class.from_pretrained(source.location, config=config, dtype=torch.float32, **kwargs)
         except (OSError, ValueError) as error:
             raise ModelSourceError(f"{source.spec}: cannot load weights: {summarize(error)}") from error
         finally:
