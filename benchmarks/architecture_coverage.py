@@ -233,7 +233,7 @@ _HEAVY_MODULES = (
     "transformers.modeling_utils",
     "onnxscript",
     "onnxruntime",
-    "onnx_hierarchy._export",
+    "onnx_hierarchy.exporting._export",
 )
 
 
@@ -501,7 +501,7 @@ def _eager_error(model_dir: str) -> str:
     """
     import torch
 
-    from onnx_hierarchy import _inputs, _source
+    from onnx_hierarchy.hf import _inputs, _source
 
     try:
         source = _source.resolve_source(model_dir)

@@ -24,8 +24,8 @@ from onnx import TensorProto, helper
 
 import onnx_hierarchy
 from onnx_hierarchy import schema
-from onnx_hierarchy._hierarchy import load
-from onnx_hierarchy._stats import module_stats
+from onnx_hierarchy.core._hierarchy import load
+from onnx_hierarchy.inspection._stats import module_stats
 
 LLAMA_3_8B = {
     "model_type": "llama",

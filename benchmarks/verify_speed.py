@@ -29,8 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 import onnx_hierarchy
-from onnx_hierarchy import _source
-from onnx_hierarchy._runtime import dummy_feeds
+from onnx_hierarchy.hf import _source
+from onnx_hierarchy.runtime._runtime import dummy_feeds
 
 
 def main() -> None:

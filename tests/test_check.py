@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from onnx_hierarchy._check import compare_with_torch
+from onnx_hierarchy.exporting._check import compare_with_torch
 
 
 def test_a_model_onnx_runtime_cannot_run_fails_the_check_with_its_reason(tmp_path: Path) -> None:

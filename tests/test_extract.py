@@ -13,10 +13,11 @@ import pytest
 
 import onnx_hierarchy
 from conftest import Exported
-from onnx_hierarchy import _runtime, schema
-from onnx_hierarchy._extract import extract, extract_all
-from onnx_hierarchy._stats import module_stats
+from onnx_hierarchy import schema
 from onnx_hierarchy.errors import ExtractionError, ModelFileError, OutputError, UnknownModuleError
+from onnx_hierarchy.inspection._stats import module_stats
+from onnx_hierarchy.pieces._extract import extract, extract_all
+from onnx_hierarchy.runtime import _runtime
 
 # The architectures the extract issue names: text, decoder, encoder-decoder, vision, audio.
 ARCHITECTURES = ("bert", "gpt2", "t5", "vit", "whisper")
@@ -201,7 +202,7 @@ def test_counts_of_pieces_per_class(exported: Callable[[str], Exported], tmp_pat
 def test_large_pieces_keep_weights_in_external_data(
     exported: Callable[[str], Exported], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from onnx_hierarchy import _saving
+    from onnx_hierarchy.core import _saving
 
     monkeypatch.setattr(_saving, "EXTERNAL_DATA_THRESHOLD", 0)
     result = extract(exported("bert").result.output, "encoder", tmp_path / "encoder.onnx", check=True)
@@ -214,7 +215,7 @@ def test_weights_read_in_place_give_the_same_pieces(
     exported: Callable[[str], Exported], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Large single files are read with their weights referenced inside the file: same pieces, same check."""
-    from onnx_hierarchy import _reading
+    from onnx_hierarchy.core import _reading
 
     path = exported("bert").result.output
     eager = extract(path, "encoder.layer.0", tmp_path / "eager.onnx").pieces[0]

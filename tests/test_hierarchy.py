@@ -14,11 +14,11 @@ import torch
 
 from conftest import Exported
 from onnx_hierarchy import schema
-from onnx_hierarchy._dag import dag
-from onnx_hierarchy._hierarchy import load
-from onnx_hierarchy._stats import module_stats, modules_at_depth
-from onnx_hierarchy._validate import validate
+from onnx_hierarchy.core._hierarchy import load
 from onnx_hierarchy.errors import ModelFileError, UnknownModuleError
+from onnx_hierarchy.inspection._dag import dag
+from onnx_hierarchy.inspection._stats import module_stats, modules_at_depth
+from onnx_hierarchy.inspection._validate import validate
 
 
 class Block(torch.nn.Module):

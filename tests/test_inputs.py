@@ -9,8 +9,8 @@ import pytest
 import transformers
 
 from architectures import tiny_config
-from onnx_hierarchy._inputs import InputShapes, apply_input_spec, generate_inputs
 from onnx_hierarchy.errors import InputSpecError
+from onnx_hierarchy.hf._inputs import InputShapes, apply_input_spec, generate_inputs
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import onnx.numpy_helper
 import pytest
 
 from conftest import Exported
-from onnx_hierarchy import _reading
+from onnx_hierarchy.core import _reading
 from onnx_hierarchy.errors import ModelFileError
 
 
@@ -64,7 +64,7 @@ def test_reading_does_not_load_embedded_weights(tmp_path: Path) -> None:
     onnx.save(onnx.helper.make_model(graph), path)
     # VmHWM, not ru_maxrss: Linux carries the forking process's peak over into ru_maxrss across exec.
     probe = (
-        "import re, sys; from onnx_hierarchy import _reading; m = _reading.read_ir(sys.argv[1]); "
+        "import re, sys; from onnx_hierarchy.core import _reading; m = _reading.read_ir(sys.argv[1]); "
         "print(len(m.graph.initializers), re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])"
     )
     count, peak_kib = subprocess.run(

@@ -10,9 +10,9 @@ import onnx
 import pytest
 
 from conftest import Exported
-from onnx_hierarchy import _runtime
-from onnx_hierarchy._runtime import max_abs_diff
 from onnx_hierarchy.errors import InputSpecError
+from onnx_hierarchy.runtime import _runtime
+from onnx_hierarchy.runtime._runtime import max_abs_diff
 
 
 def test_max_abs_diff_treats_matching_nan_and_inf_as_equal() -> None:

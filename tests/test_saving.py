@@ -9,7 +9,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from onnx_hierarchy import _saving
+from onnx_hierarchy.core import _saving
 from onnx_hierarchy.errors import OutputError
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import transformers
 
-from onnx_hierarchy import _source
 from onnx_hierarchy.errors import ModelSourceError, TaskError
+from onnx_hierarchy.hf import _source
 
 
 def test_config_folder_and_config_file(config_dir: Callable[[str], Path]) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import onnx_ir as ir
 import pytest
 
-from onnx_hierarchy import _tagging, schema
+from onnx_hierarchy import schema
 from onnx_hierarchy.schema import ModuleRecord, TagSource
+from onnx_hierarchy.tagging import _tagging
 
 
 def _record(path: str, cls: str, calls: int = 1) -> ModuleRecord:

@@ -15,8 +15,9 @@ import pytest
 import onnx_hierarchy
 from architectures import tiny_config
 from conftest import Exported
-from onnx_hierarchy import _runtime, schema
+from onnx_hierarchy import schema
 from onnx_hierarchy.errors import InputSpecError, ModelFileError, ModelSourceError
+from onnx_hierarchy.runtime import _runtime
 
 # The architectures the verify issue names: text, decoder, encoder-decoder, vision.
 ARCHITECTURES = ("bert", "gpt2", "t5", "vit")

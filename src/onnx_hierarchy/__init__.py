@@ -17,12 +17,12 @@ from onnx_hierarchy._version import __version__
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
-    from onnx_hierarchy._check import CheckResult, OutputDifference
-    from onnx_hierarchy._export import ExportResult, StageEvent, StageTiming, export
-    from onnx_hierarchy._extract import ExtractResult, Piece, PieceCheck, SkippedModule, extract, extract_all
-    from onnx_hierarchy._hierarchy import Hierarchy, NodeInfo, load
-    from onnx_hierarchy._inputs import InputShapes
-    from onnx_hierarchy._verify import CallComparison, VerifyResult, verify
+    from onnx_hierarchy.core._hierarchy import Hierarchy, NodeInfo, load
+    from onnx_hierarchy.exporting._check import CheckResult, OutputDifference
+    from onnx_hierarchy.exporting._export import ExportResult, StageEvent, StageTiming, export
+    from onnx_hierarchy.hf._inputs import InputShapes
+    from onnx_hierarchy.pieces._extract import ExtractResult, Piece, PieceCheck, SkippedModule, extract, extract_all
+    from onnx_hierarchy.verification._verify import CallComparison, VerifyResult, verify
 
 __all__ = [
     "CallComparison",
@@ -50,25 +50,25 @@ __all__ = [
 ]
 
 _LAZY = {
-    "CheckResult": "onnx_hierarchy._check",
-    "OutputDifference": "onnx_hierarchy._check",
-    "ExportResult": "onnx_hierarchy._export",
-    "StageEvent": "onnx_hierarchy._export",
-    "StageTiming": "onnx_hierarchy._export",
-    "export": "onnx_hierarchy._export",
-    "ExtractResult": "onnx_hierarchy._extract",
-    "Piece": "onnx_hierarchy._extract",
-    "PieceCheck": "onnx_hierarchy._extract",
-    "SkippedModule": "onnx_hierarchy._extract",
-    "extract": "onnx_hierarchy._extract",
-    "extract_all": "onnx_hierarchy._extract",
-    "InputShapes": "onnx_hierarchy._inputs",
-    "Hierarchy": "onnx_hierarchy._hierarchy",
-    "NodeInfo": "onnx_hierarchy._hierarchy",
-    "load": "onnx_hierarchy._hierarchy",
-    "CallComparison": "onnx_hierarchy._verify",
-    "VerifyResult": "onnx_hierarchy._verify",
-    "verify": "onnx_hierarchy._verify",
+    "CheckResult": "onnx_hierarchy.exporting._check",
+    "OutputDifference": "onnx_hierarchy.exporting._check",
+    "ExportResult": "onnx_hierarchy.exporting._export",
+    "StageEvent": "onnx_hierarchy.exporting._export",
+    "StageTiming": "onnx_hierarchy.exporting._export",
+    "export": "onnx_hierarchy.exporting._export",
+    "ExtractResult": "onnx_hierarchy.pieces._extract",
+    "Piece": "onnx_hierarchy.pieces._extract",
+    "PieceCheck": "onnx_hierarchy.pieces._extract",
+    "SkippedModule": "onnx_hierarchy.pieces._extract",
+    "extract": "onnx_hierarchy.pieces._extract",
+    "extract_all": "onnx_hierarchy.pieces._extract",
+    "InputShapes": "onnx_hierarchy.hf._inputs",
+    "Hierarchy": "onnx_hierarchy.core._hierarchy",
+    "NodeInfo": "onnx_hierarchy.core._hierarchy",
+    "load": "onnx_hierarchy.core._hierarchy",
+    "CallComparison": "onnx_hierarchy.verification._verify",
+    "VerifyResult": "onnx_hierarchy.verification._verify",
+    "verify": "onnx_hierarchy.verification._verify",
     "errors": None,
     "schema": None,
 }

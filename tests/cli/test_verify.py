@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from conftest import Exported, RunCli
-from onnx_hierarchy import _runtime
+from onnx_hierarchy.runtime import _runtime
 from test_verify import _perturbed
 
 

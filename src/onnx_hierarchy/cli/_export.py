@@ -15,7 +15,7 @@ from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import Output
 
 if TYPE_CHECKING:
-    from onnx_hierarchy._export import ExportResult, StageEvent
+    from onnx_hierarchy.exporting._export import ExportResult, StageEvent
 
 
 @click.command("export")
@@ -60,8 +60,8 @@ def export_command(
     fmt: str,
 ) -> int:
     """Export MODEL (Hub id, checkpoint folder, or config.json) to OUTPUT.onnx with hierarchy tags."""
-    from onnx_hierarchy._export import export
-    from onnx_hierarchy._inputs import InputShapes
+    from onnx_hierarchy.exporting._export import export
+    from onnx_hierarchy.hf._inputs import InputShapes
 
     out = Output(fmt)
     with out.status("loading the model") as update:

@@ -12,7 +12,7 @@ from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import TABLE_FORMATS, Output, render_table
 
 if TYPE_CHECKING:
-    from onnx_hierarchy._extract import ExtractResult
+    from onnx_hierarchy.pieces._extract import ExtractResult
 
 _COLUMNS = ["module", "class", "nodes", "edges", "inputs", "outputs", "parameters", "file"]
 _CHECK_COLUMNS = ["max_abs_diff", "check"]
@@ -58,7 +58,7 @@ def extract_command(
       onnx-hierarchy extract model.onnx -m encoder.layer.0.attention -o attention.onnx --check
       onnx-hierarchy extract model.onnx --all pieces/ --depth 2 --check
     """
-    from onnx_hierarchy._extract import extract, extract_all
+    from onnx_hierarchy.pieces._extract import extract, extract_all
 
     out = Output(fmt)
     if all_dir is not None:

@@ -16,7 +16,7 @@ from onnx_hierarchy.cli._output import TABLE_FORMATS, Output, render_table
 from onnx_hierarchy.errors import UnknownModuleError
 
 if TYPE_CHECKING:
-    from onnx_hierarchy._hierarchy import Hierarchy
+    from onnx_hierarchy.core._hierarchy import Hierarchy
 
 _model_argument = click.argument("model", type=click.Path(path_type=Path))
 
@@ -30,7 +30,7 @@ def _selection(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(model: Path) -> Hierarchy:
-    from onnx_hierarchy._hierarchy import load
+    from onnx_hierarchy.core._hierarchy import load
 
     return load(model)
 
@@ -49,8 +49,8 @@ def _selected(hierarchy: Hierarchy, module: str | None, cls: str | None, default
 @click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
 def tree_command(model: Path, module: str | None, cls: str | None, depth: int | None, expand: bool, fmt: str) -> int:
     """The module tree: class, nodes (own and with descendants), parameters, op types and calls."""
-    from onnx_hierarchy._stats import module_stats
     from onnx_hierarchy.cli._tree import module_tree
+    from onnx_hierarchy.inspection._stats import module_stats
 
     hierarchy = _load(model)
     roots = _selected(hierarchy, module, cls)
@@ -113,7 +113,7 @@ def nodes_command(model: Path, module: str | None, cls: str | None, own: bool, f
 @click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
 def summary_command(model: Path, module: str | None, cls: str | None, depth: int, fmt: str) -> int:
     """One row per module at DEPTH: operations, internal edges, boundary inputs and outputs, parameters."""
-    from onnx_hierarchy._stats import module_stats, modules_at_depth, total_row
+    from onnx_hierarchy.inspection._stats import module_stats, modules_at_depth, total_row
 
     hierarchy = _load(model)
     selected = module is not None or cls is not None
@@ -156,7 +156,7 @@ def dag_command(model: Path, module: str, fmt: str) -> int:
     """The data-flow graph of a module: nodes, edges, order and boundary (JSON, GraphML or DOT)."""
     import json
 
-    from onnx_hierarchy._dag import dag
+    from onnx_hierarchy.inspection._dag import dag
 
     hierarchy = _load(model)
     matches = hierarchy.find(module) if module else [""]
@@ -176,7 +176,7 @@ def dag_command(model: Path, module: str, fmt: str) -> int:
 @click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
 def diff_command(model_a: Path, model_b: Path, fmt: str) -> int:
     """Per-module differences in node counts and op types between two models."""
-    from onnx_hierarchy._diff import diff
+    from onnx_hierarchy.inspection._diff import diff
 
     differences = diff(_load(model_a), _load(model_b))
     rows = [
@@ -203,7 +203,7 @@ def diff_command(model_a: Path, model_b: Path, fmt: str) -> int:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def validate_command(model: Path, fmt: str) -> int:
     """Checks that tags are consistent; exit code 1 listing what is wrong."""
-    from onnx_hierarchy._validate import validate
+    from onnx_hierarchy.inspection._validate import validate
 
     report = validate(_load(model))
     data = {"path": report.path, "source": report.source, "nodes": report.nodes, "problems": list(report.problems)}

@@ -15,7 +15,7 @@ from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import Output
 
 if TYPE_CHECKING:
-    from onnx_hierarchy._verify import CallComparison, VerifyResult
+    from onnx_hierarchy.verification._verify import CallComparison, VerifyResult
 
 _STYLES = {"ok": "green", "over tolerance": "bold red", "not comparable": "yellow"}
 
@@ -54,7 +54,7 @@ def verify_command(
       onnx-hierarchy verify model.onnx --model path/to/checkpoint --text "Hello world"
       onnx-hierarchy verify model_fp16.onnx --reference model.onnx --atol 1e-2
     """
-    from onnx_hierarchy._verify import verify
+    from onnx_hierarchy.verification._verify import verify
 
     if reference is not None and source is not None:
         raise click.UsageError("--reference compares two ONNX models; --model picks a PyTorch source: give one")

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from onnx_hierarchy._hierarchy import Hierarchy
+from onnx_hierarchy.core._hierarchy import Hierarchy
 
 
 @dataclass(frozen=True)

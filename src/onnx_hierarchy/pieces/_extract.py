@@ -5,7 +5,7 @@ Its inputs are the values those nodes read from the rest of the model; its outpu
 of the model (or the model's caller) reads from them; the weights they use go with them. Nothing is
 guessed: the cut follows the tags, and a cut the tags do not allow is an error.
 
-The model is read once (:mod:`onnx_hierarchy._reading`: weights stay on disk until a piece that uses
+The model is read once (:mod:`onnx_hierarchy.core._reading`: weights stay on disk until a piece that uses
 them is written), so cutting every module of a model costs about as much as writing the pieces.
 """
 
@@ -22,8 +22,11 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from onnx_hierarchy import _hierarchy, _reading, _runtime, _saving, _stats, schema
+from onnx_hierarchy import schema
+from onnx_hierarchy.core import _hierarchy, _reading, _saving
 from onnx_hierarchy.errors import ExtractionError, OutputError
+from onnx_hierarchy.inspection import _stats
+from onnx_hierarchy.runtime import _runtime
 from onnx_hierarchy.schema import PieceRecord
 
 __all__ = ["DEFAULT_ATOL", "ExtractResult", "Piece", "PieceCheck", "SkippedModule", "extract", "extract_all"]

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.utils._pytree as pytree
 
-from onnx_hierarchy._inputs import ModelInputs
-from onnx_hierarchy._module_tree import count_calls
 from onnx_hierarchy.errors import ConversionError, InputSpecError, TraceError, summarize
+from onnx_hierarchy.hf._inputs import ModelInputs
+from onnx_hierarchy.hf._module_tree import count_calls
 
 logger = logging.getLogger(__name__)
 

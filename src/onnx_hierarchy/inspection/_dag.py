@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from onnx_hierarchy._hierarchy import Hierarchy, NodeInfo
+from onnx_hierarchy.core._hierarchy import Hierarchy, NodeInfo
 
 NEWLINE = "\n"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnx_hierarchy._hierarchy import Hierarchy
+from onnx_hierarchy.core._hierarchy import Hierarchy
 
 
 @dataclass(frozen=True)

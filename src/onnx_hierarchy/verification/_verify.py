@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from onnx_hierarchy import _hierarchy, _runtime, schema
-from onnx_hierarchy._hierarchy import Hierarchy
+from onnx_hierarchy import schema
+from onnx_hierarchy.core import _hierarchy
+from onnx_hierarchy.core._hierarchy import Hierarchy
 from onnx_hierarchy.errors import InputSpecError, ModelFileError, ModelSourceError, summarize
+from onnx_hierarchy.runtime import _runtime
 
 if TYPE_CHECKING:
     import torch
@@ -322,7 +324,7 @@ def _top_level(hierarchy: Hierarchy, index: int) -> int:
 def _torch_model(
     target: _TaggedModel, record: schema.ExportRecord | None, source: str | None
 ) -> tuple[torch.nn.Module, str, list[str]]:
-    from onnx_hierarchy import _source
+    from onnx_hierarchy.hf import _source
 
     warnings: list[str] = []
     if source is None and record is None:
@@ -397,7 +399,7 @@ def _feeds(
 def _tokenized(proto: onnx.ModelProto, text: str, spec: str | None) -> dict[str, np.ndarray]:
     import transformers
 
-    from onnx_hierarchy import _source
+    from onnx_hierarchy.hf import _source
 
     if spec is None:
         raise InputSpecError("--text needs the source checkpoint's tokenizer: pass --model SOURCE")

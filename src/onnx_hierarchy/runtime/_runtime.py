@@ -2,7 +2,7 @@
 
 Checking a piece against its model, or a module against PyTorch, needs the values inside the model, not
 only its outputs: the model runs once with those values added as graph outputs. The model is handed to
-ONNX Runtime as the header :func:`onnx_hierarchy._reading.read_proto` returns, so its weights are read
+ONNX Runtime as the header :func:`onnx_hierarchy.core._reading.read_proto` returns, so its weights are read
 by ONNX Runtime from where they already are on disk instead of being copied through Python.
 """
 

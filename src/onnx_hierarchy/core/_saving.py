@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from onnx_hierarchy import _wire
+from onnx_hierarchy.core import _wire
 from onnx_hierarchy.errors import OutputError
 
 # Protobuf cannot hold more than 2 GiB; keep headroom for the graph itself.

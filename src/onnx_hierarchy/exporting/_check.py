@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from onnx_hierarchy._runtime import max_abs_diff
 from onnx_hierarchy.errors import summarize
+from onnx_hierarchy.runtime._runtime import max_abs_diff
 
 __all__ = ["CheckResult", "OutputDifference", "compare_with_torch"]
 

@@ -19,7 +19,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnx_hierarchy import _wire
+from onnx_hierarchy.core import _wire
 from onnx_hierarchy.errors import ModelFileError
 
 __all__ = ["read_ir", "read_proto"]

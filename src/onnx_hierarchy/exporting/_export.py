@@ -14,10 +14,14 @@ from typing import Any
 
 import onnx_ir as ir
 
-from onnx_hierarchy import _conversion, _inputs, _module_tree, _saving, _source, _tagging, schema
-from onnx_hierarchy._check import CheckResult, compare_with_torch
-from onnx_hierarchy._inputs import InputShapes
+from onnx_hierarchy import schema
+from onnx_hierarchy.core import _saving
+from onnx_hierarchy.exporting import _conversion
+from onnx_hierarchy.exporting._check import CheckResult, compare_with_torch
+from onnx_hierarchy.hf import _inputs, _module_tree, _source
+from onnx_hierarchy.hf._inputs import InputShapes
 from onnx_hierarchy.schema import ExportRecord, InputRecord, ModuleRecord, TagSource
+from onnx_hierarchy.tagging import _tagging
 
 _VERSIONED_PACKAGES = ("onnx-hierarchy", "torch", "transformers", "onnx", "onnx-ir", "onnxscript", "onnxruntime")
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import onnx
 
-from onnx_hierarchy import _reading, schema
+from onnx_hierarchy import schema
+from onnx_hierarchy.core import _reading
 from onnx_hierarchy.errors import ModelFileError, UnknownModuleError
 from onnx_hierarchy.schema import ModuleRecord
 
@@ -201,7 +202,7 @@ def load_tagged(path: str | os.PathLike[str], purpose: str) -> tuple[onnx.ModelP
 
 
 def from_proto(path: str | os.PathLike[str], model: onnx.ModelProto) -> Hierarchy:
-    """The hierarchy of a model already read by :func:`onnx_hierarchy._reading.read_proto`."""
+    """The hierarchy of a model already read by :func:`onnx_hierarchy.core._reading.read_proto`."""
     path = Path(path)
     metadata = {p.key: p.value for p in model.metadata_props}
     raw_nodes = list(_walk_nodes(model.graph))

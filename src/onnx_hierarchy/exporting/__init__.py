@@ -1,0 +1,2 @@
+"""``export``: trace, convert, tag, save and check a Hugging Face model.
+"""

@@ -1,0 +1,2 @@
+"""The Hugging Face side: resolving a MODEL argument, building the PyTorch model, its inputs and module tree.
+"""

@@ -1,0 +1,2 @@
+"""Reading a model module by module: statistics, data-flow graphs, differences and tag validation.
+"""

@@ -1,0 +1,2 @@
+"""Module-level surgery: cutting modules out of a tagged model as standalone ONNX models.
+"""
