@@ -17,7 +17,7 @@ from onnx_hierarchy import schema
 from onnx_hierarchy.core._hierarchy import load
 from onnx_hierarchy.errors import ModelFileError, UnknownModuleError
 from onnx_hierarchy.inspection._dag import dag
-from onnx_hierarchy.inspection._stats import module_stats, modules_at_depth
+from onnx_hierarchy.inspection._stats import module_stats
 from onnx_hierarchy.inspection._validate import validate
 
 
@@ -78,7 +78,7 @@ def test_summary_edges_and_boundaries_match_a_recount(exported: Callable[[str], 
     weights = {t.name for t in model.graph.initializer}
     inside = lambda name, m: module_of[name] == m or module_of[name].startswith(m + ".")  # noqa: E731
     hierarchy = load(path)
-    for s in module_stats(hierarchy, modules_at_depth(hierarchy, 1), edges=True):
+    for s in module_stats(hierarchy, hierarchy.covering(1), edges=True):
         edges = inputs = 0
         seen_inputs: set[str] = set()
         outputs: set[str] = set()
@@ -178,7 +178,7 @@ def test_dag_and_summary_agree_on_a_structure_only_file(config_dir: Callable[[st
 
     result = onnx_hierarchy.export(config_dir("llama"), tmp_path / "s.onnx", structure_only=True)
     hierarchy = load(result.output)
-    for s in module_stats(hierarchy, modules_at_depth(hierarchy, 1), edges=True):
+    for s in module_stats(hierarchy, hierarchy.covering(1), edges=True):
         graph = dag(hierarchy, s.path)
         assert len(graph.boundary_inputs) == s.boundary_inputs, s.path
         assert len(graph.boundary_outputs) == s.boundary_outputs, s.path

@@ -22,9 +22,10 @@ import enum
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
-import onnx_ir as ir
+if TYPE_CHECKING:
+    import onnx_ir as ir
 
 __all__ = [
     "CALL_KEY",
@@ -280,13 +281,14 @@ class PieceRecord:
 
 
 # Readers take an onnx-ir object or its metadata as a plain mapping (read from protobuf by fast paths).
-HasMetadata = ir.Node | ir.Model | Mapping[str, str]
+# onnx-ir is not imported at run time: reading a model's tags must not pay for loading it.
+HasMetadata = Union["ir.Node", "ir.Model", Mapping[str, str]]
 
 
 def _props(obj: HasMetadata) -> Mapping[str, str]:
     if type(obj) is dict:  # the fast path of bulk readers: no protocol isinstance checks
         return obj
-    return obj.metadata_props if isinstance(obj, (ir.Node, ir.Model)) else obj
+    return obj if isinstance(obj, Mapping) else obj.metadata_props
 
 
 def read_node_tag(node: HasMetadata) -> NodeTag | None:

@@ -31,12 +31,16 @@ class Output:
     def is_json(self) -> bool:
         return self.format == "json"
 
-    def result(self, human: RenderableType, data: Any) -> None:
+    def result(self, human: RenderableType, data: Any, *, indent: int = 2) -> None:
         """Prints the command's result: ``data`` as JSON in json mode, else the rendered ``human`` form."""
         if self.is_json:
-            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+            self.raw(json.dumps(data, indent=indent, default=str) + "\n")
         else:
             self.out.print(human)
+
+    def raw(self, text: str) -> None:
+        """Writes text that is already in its final format (CSV, Markdown, GraphML, DOT) to stdout as is."""
+        sys.stdout.write(text)
 
     @contextlib.contextmanager
     def status(self, message: str) -> Iterator[Callable[[str], None]]:
@@ -82,11 +86,11 @@ def render_table(out: Output, fmt: str, rows: Sequence[dict[str, Any]], columns:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows(cells)
-        sys.stdout.write(buffer.getvalue())
+        out.raw(buffer.getvalue())
     elif fmt == "markdown":
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
-        sys.stdout.write("\n".join(lines) + "\n")
+        out.raw("\n".join(lines) + "\n")
     else:
         table = Table(*columns, box=None, header_style="bold")
         for row in cells:

@@ -9,7 +9,8 @@ Modules come from, in order of preference: this project's tags (``hierarchy``), 
 ``pkg.torch.onnx.name_scopes`` (``torch-name-scopes``), or TorchScript-style scoped node names such as
 ``/encoder/layer.0/attention/self/query/MatMul`` (``scoped-names``). A file with none of them has one module,
 the root (``none``). Nodes of control-flow subgraphs without a module of their own belong to their
-parent node's module.
+parent node's module. Calls of local functions are seen through: the function's nodes stand in for the
+call (see :mod:`onnx_hierarchy.core._traversal`).
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ import fnmatch
 import functools
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnx
-
 from onnx_hierarchy import schema
 from onnx_hierarchy.core import _reading
-from onnx_hierarchy.errors import ModelFileError, UnknownModuleError
+from onnx_hierarchy.core._boundary import Boundary, boundaries
+from onnx_hierarchy.core._proto import onnx_pb
+from onnx_hierarchy.core._traversal import proto_nodes
+from onnx_hierarchy.errors import UnknownModuleError
 from onnx_hierarchy.schema import ModuleRecord
 
 SOURCES = ("hierarchy", "torch-name-scopes", "scoped-names", "none")
@@ -169,6 +171,73 @@ class Hierarchy:
         for child in self.children(path):
             yield from self.walk(child)
 
+    def select(
+        self, pattern: str | None = None, cls: str | None = None, depth: int | None = None, root: str = ""
+    ) -> list[str]:
+        """Modules chosen the way every command chooses them, in tree order.
+
+        ``pattern`` and ``cls`` as :meth:`find` (nothing given: every module); ``depth`` keeps those
+        :meth:`covering` ``root`` at that depth.
+
+        Raises:
+            UnknownModuleError: Nothing matches ``pattern`` or ``cls``.
+        """
+        selected = self.find(pattern, cls) if pattern is not None or cls is not None else list(self.modules)
+        if depth is None:
+            return selected
+        covering = set(self.covering(depth, root))
+        return [path for path in selected if path in covering]
+
+    def covering(self, depth: int, root: str = "") -> list[str]:
+        """Modules ``depth`` levels below ``root``, plus shallower leaves, so that together they cover it."""
+        found: list[str] = []
+
+        def visit(path: str, level: int) -> None:
+            children = self.children(path)
+            if level == depth or not children:
+                found.append(path)
+                return
+            for child in children:
+                visit(child, level + 1)
+
+        visit(root, 0)
+        return found
+
+    def depth(self, path: str) -> int:
+        """Levels below the root."""
+        return len(self.lineages[path]) - 1
+
+    @functools.cached_property
+    def call_memberships(self) -> tuple[tuple[tuple[str, int], ...], ...]:
+        """Per node, the module calls it ran in: ``(module, call)`` of its module and each ancestor whose
+        call the tags can tell (see :meth:`call_within`)."""
+        found: dict[tuple[str, int | None], tuple[tuple[str, int], ...]] = {}
+        result = []
+        for node in self.node_list:
+            key = (node.module, node.call)
+            if key not in found:
+                calls = ((m, self.call_within(m, node.module, node.call)) for m in self.lineages[node.module])
+                found[key] = tuple((m, c) for m, c in calls if c is not None)
+            result.append(found[key])
+        return tuple(result)
+
+    def module_boundaries(self, modules: Iterable[str] | None = None) -> dict[str, Boundary[str]]:
+        """Boundaries of ``modules`` (default: all with nodes), each with its descendants and all its calls."""
+        lineages = self.lineages
+        if modules is None:
+            memberships: list[tuple[str, ...]] = [lineages[n.module] for n in self.node_list]
+        else:
+            wanted = set(modules)
+            memberships = [tuple(m for m in lineages[n.module] if m in wanted) for n in self.node_list]
+        return boundaries(self.node_list, memberships, self.graph_inputs, self.graph_outputs)
+
+    def call_boundaries(self, module: str | None = None) -> dict[tuple[str, int], Boundary[tuple[str, int]]]:
+        """Boundaries of every module call (or of ``module``'s calls), each with its descendants' nodes."""
+        memberships = self.call_memberships
+        if module is not None:
+            memberships = tuple(tuple(k for k in keys if k[0] == module) for keys in memberships)
+        return boundaries(self.node_list, memberships, self.graph_inputs, self.graph_outputs)
+
 
 def within(module: str, ancestor: str) -> bool:
     """Whether ``module`` is ``ancestor`` or one of its descendants."""
@@ -184,29 +253,12 @@ def load(path: str | os.PathLike[str]) -> Hierarchy:
     return from_proto(path, _reading.read_proto(path))
 
 
-def load_tagged(path: str | os.PathLike[str], purpose: str) -> tuple[onnx.ModelProto, Hierarchy]:
-    """The model (weights left on disk) and its hierarchy, for commands that need this project's tags.
-
-    Raises:
-        ModelFileError: The file is unreadable, or its nodes carry no hierarchy tags; the message says how
-            to tag it, ending with ``purpose`` ("to tag it, then extract").
-    """
-    proto = _reading.read_proto(path)
-    hierarchy = from_proto(path, proto)
-    if hierarchy.source != "hierarchy":
-        raise ModelFileError(
-            f"{path}: nodes carry no hierarchy tags (modules could only be derived from {hierarchy.source}); "
-            f"export the model with `onnx-hierarchy export MODEL OUTPUT.onnx` {purpose}"
-        )
-    return proto, hierarchy
-
-
-def from_proto(path: str | os.PathLike[str], model: onnx.ModelProto) -> Hierarchy:
+def from_proto(path: str | os.PathLike[str], model: onnx_pb.ModelProto) -> Hierarchy:
     """The hierarchy of a model already read by :func:`onnx_hierarchy.core._reading.read_proto`."""
     path = Path(path)
     metadata = {p.key: p.value for p in model.metadata_props}
-    raw_nodes = list(_walk_nodes(model.graph))
-    props = [{p.key: p.value for p in node.metadata_props} for node, _ in raw_nodes]
+    raw_nodes = list(proto_nodes(model))
+    props = [{p.key: p.value for p in raw.node.metadata_props} for raw in raw_nodes]
     initializers = {t.name: math.prod(t.dims) for t in model.graph.initializer}
 
     recorded = schema.read_modules(metadata)
@@ -218,9 +270,9 @@ def from_proto(path: str | os.PathLike[str], model: onnx.ModelProto) -> Hierarch
         source = "torch-name-scopes"
         assignments, classes = _from_name_scopes(props)
         modules = _complete({}, assignments, classes)
-    elif any(node.name.startswith("/") for node, _ in raw_nodes):
+    elif any(raw.node.name.startswith("/") for raw in raw_nodes):
         source = "scoped-names"
-        assignments = [(_scoped_module(node.name), None) for node, _ in raw_nodes]
+        assignments = [(_scoped_module(raw.node.name), None) for raw in raw_nodes]
         modules = _complete({}, assignments)
     else:
         source = "none"
@@ -228,14 +280,14 @@ def from_proto(path: str | os.PathLike[str], model: onnx.ModelProto) -> Hierarch
         modules = _complete({}, assignments)
 
     nodes: list[NodeInfo] = []
-    for index, ((node, parent), (module, call)) in enumerate(zip(raw_nodes, assignments, strict=True)):
+    for index, (raw, (module, call)) in enumerate(zip(raw_nodes, assignments, strict=True)):
         tagged = module is not None
+        parent = raw.parent
         if module is None:
             module, call = (nodes[parent].module, nodes[parent].call) if parent is not None else ("", None)
+        node = raw.node
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-        nodes.append(
-            NodeInfo(index, node.name, op, tuple(node.input), tuple(node.output), module, call, parent, tagged)
-        )
+        nodes.append(NodeInfo(index, raw.name, op, raw.inputs, raw.outputs, module, call, parent, tagged))
     if recorded is None:
         modules = _with_parameters(modules, initializers, nodes)
     return Hierarchy(
@@ -248,23 +300,6 @@ def from_proto(path: str | os.PathLike[str], model: onnx.ModelProto) -> Hierarch
         initializers=initializers,
         unrecorded=frozenset(modules) - {m.path for m in recorded} if recorded is not None else frozenset(),
     )
-
-
-def _walk_nodes(graph: onnx.GraphProto) -> Iterator[tuple[onnx.NodeProto, int | None]]:
-    """Nodes depth first, each followed by the nodes of its subgraphs, with the owning node's index."""
-    yield from _walk(graph, None, [0])
-
-
-def _walk(
-    graph: onnx.GraphProto, parent: int | None, counter: list[int]
-) -> Iterator[tuple[onnx.NodeProto, int | None]]:
-    for node in graph.node:
-        index = counter[0]
-        counter[0] += 1
-        yield node, parent
-        for attribute in node.attribute:
-            for subgraph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-                yield from _walk(subgraph, index, counter)
 
 
 Assignment = tuple[str | None, int | None]

@@ -14,13 +14,16 @@ from __future__ import annotations
 import mmap
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
-import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from onnx_hierarchy.core import _wire
+from onnx_hierarchy.core._proto import onnx_pb
 from onnx_hierarchy.errors import ModelFileError
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
 
 __all__ = ["read_ir", "read_proto"]
 
@@ -30,14 +33,14 @@ LAZY_THRESHOLD = 64 * 1024 * 1024
 _MIN_REFERENCED_BYTES = 4096
 _MIN_REFERENCED_INTEGER_BYTES = 1024 * 1024
 _FLOATING = {
-    onnx.TensorProto.FLOAT,
-    onnx.TensorProto.FLOAT16,
-    onnx.TensorProto.BFLOAT16,
-    onnx.TensorProto.DOUBLE,
+    onnx_pb.TensorProto.FLOAT,
+    onnx_pb.TensorProto.FLOAT16,
+    onnx_pb.TensorProto.BFLOAT16,
+    onnx_pb.TensorProto.DOUBLE,
 }
 
 
-def read_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
+def read_proto(path: str | os.PathLike[str]) -> onnx_pb.ModelProto:
     """The model's protobuf with embedded weights turned into references into the file.
 
     Raises:
@@ -48,7 +51,8 @@ def read_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise ModelFileError(f"{path}: no such file")
     try:
         if path.stat().st_size < LAZY_THRESHOLD:
-            model = onnx.load(path, load_external_data=False)
+            model = onnx_pb.ModelProto()
+            model.ParseFromString(path.read_bytes())  # what onnx.load does without external data
         else:
             model = _read_lazily(path)
     except (DecodeError, RuntimeError, ValueError, _wire.WireError) as error:
@@ -58,17 +62,19 @@ def read_proto(path: str | os.PathLike[str]) -> onnx.ModelProto:
     return model
 
 
-def read_ir(path: str | os.PathLike[str], proto: onnx.ModelProto | None = None) -> ir.Model:
+def read_ir(path: str | os.PathLike[str], proto: onnx_pb.ModelProto | None = None) -> ir.Model:
     """The model as an onnx-ir graph whose weights load from disk only when used.
 
     ``proto`` is the model as :func:`read_proto` already returned it, when the caller has it.
     """
+    import onnx_ir as ir
+
     model = ir.serde.deserialize_model(proto if proto is not None else read_proto(path))
     ir.external_data.set_base_dir(model.graph, Path(path).parent)
     return model
 
 
-def _read_lazily(path: Path) -> onnx.ModelProto:
+def _read_lazily(path: Path) -> onnx_pb.ModelProto:
     with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
         view = memoryview(data)
         try:
@@ -82,7 +88,7 @@ def _read_lazily(path: Path) -> onnx.ModelProto:
             model_parts.append(_wire.key(_wire.MODEL_GRAPH) + _wire.varint(len(graph)) + graph)
         finally:
             view.release()
-    model = onnx.ModelProto()
+    model = onnx_pb.ModelProto()
     model.ParseFromString(b"".join(model_parts))
     return model
 
@@ -113,11 +119,11 @@ def _referenced_tensor(view: memoryview, start: int, end: int, location: str) ->
             header.append(bytes(view[field_start:field_end]))
     if raw is None or raw[1] < _MIN_REFERENCED_BYTES:
         return bytes(view[start:end])
-    tensor = onnx.TensorProto()
+    tensor = onnx_pb.TensorProto()
     tensor.ParseFromString(b"".join(header))
     if tensor.data_type not in _FLOATING and raw[1] < _MIN_REFERENCED_INTEGER_BYTES:
         return bytes(view[start:end])
-    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.data_location = onnx_pb.TensorProto.EXTERNAL
     del tensor.external_data[:]
     for name, value in (("location", location), ("offset", str(raw[0])), ("length", str(raw[1]))):
         entry = tensor.external_data.add()

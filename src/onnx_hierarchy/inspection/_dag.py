@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import collections
 import heapq
+import os
 from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from onnx_hierarchy.core._hierarchy import Hierarchy, NodeInfo
+from onnx_hierarchy.core._hierarchy import Hierarchy, NodeInfo, load
+from onnx_hierarchy.errors import UnknownModuleError
 
 NEWLINE = "\n"
 
@@ -138,45 +140,33 @@ class Dag:
         return "\n".join(out) + "\n"
 
 
-def dag(hierarchy: Hierarchy, module: str = "") -> Dag:
-    """The data-flow graph of ``module`` and its descendants."""
+def dag(model: str | os.PathLike[str] | Hierarchy, module: str = "") -> Dag:
+    """The data-flow graph of ``module`` (a path, or a glob matching exactly one module) and its descendants.
+
+    Raises:
+        ModelFileError: The file is missing, not ONNX, or truncated.
+        UnknownModuleError: No module matches, or the glob matches several.
+    """
+    hierarchy = model if isinstance(model, Hierarchy) else load(model)
+    matches = hierarchy.find(module) if module else [""]
+    if len(matches) > 1:
+        raise UnknownModuleError(f"{module!r} matches {len(matches)} modules ({matches[0]}, ...); dag takes one")
+    module = matches[0]
     nodes = tuple(hierarchy.nodes(module))
-    inside = {n.name for n in nodes}
     producer: dict[str, str] = {}
-    for node in hierarchy.node_list:
+    for node in nodes:
         for value in node.outputs:
             if value:
                 producer[value] = node.name
     consumers: dict[str, list[str]] = collections.defaultdict(list)
-    outside_readers: set[str] = set()
-    for node in hierarchy.node_list:
-        for value in node.inputs:
-            if value and value in producer:
-                if node.name in inside:
-                    if node.name not in consumers[value]:
-                        consumers[value].append(node.name)
-                else:
-                    outside_readers.add(value)
-    edges = tuple(
-        Edge(value, producer[value], tuple(readers))
-        for value, readers in consumers.items()
-        if producer[value] in inside
-    )
-    graph_inputs = set(hierarchy.graph_inputs)
-    boundary_inputs: dict[str, None] = {}
     for node in nodes:
         for value in node.inputs:
-            # Weights are parameters: an initializer, or in a structure-only file a value nothing produces.
-            if value in graph_inputs or (value in producer and producer[value] not in inside):
-                boundary_inputs[value] = None
-    graph_outputs = set(hierarchy.graph_outputs)
-    boundary_outputs = tuple(
-        value
-        for node in nodes
-        for value in node.outputs
-        if value and (value in outside_readers or value in graph_outputs)
-    )
-    return Dag(module, nodes, edges, _topological_order(nodes, edges), tuple(boundary_inputs), boundary_outputs)
+            if value in producer and node.name not in consumers[value]:
+                consumers[value].append(node.name)
+    edges = tuple(Edge(value, producer[value], tuple(readers)) for value, readers in consumers.items())
+    boundary = hierarchy.module_boundaries([module]).get(module)
+    inputs, outputs = (boundary.inputs, boundary.outputs) if boundary is not None else ((), ())
+    return Dag(module, nodes, edges, _topological_order(nodes, edges), inputs, outputs)
 
 
 def _topological_order(nodes: tuple[NodeInfo, ...], edges: tuple[Edge, ...]) -> tuple[str, ...]:

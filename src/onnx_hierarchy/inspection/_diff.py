@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from onnx_hierarchy.core._hierarchy import Hierarchy
+from onnx_hierarchy.core._hierarchy import Hierarchy, load
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,28 @@ class ModuleDiff:
         return {"path": self.path, "nodes_a": self.nodes_a, "nodes_b": self.nodes_b, "ops": self.ops}
 
 
-def diff(a: Hierarchy, b: Hierarchy) -> list[ModuleDiff]:
+@dataclass(frozen=True)
+class Diff:
+    """``diff``: modules whose own nodes differ between model A and model B; empty when none do."""
+
+    model_a: str
+    model_b: str
+    modules: tuple[ModuleDiff, ...]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [d.to_json() for d in self.modules]
+
+
+def diff(a: str | os.PathLike[str] | Hierarchy, b: str | os.PathLike[str] | Hierarchy) -> Diff:
     """Modules whose own node count or op types differ, in A's tree order then B-only modules.
 
     Own nodes (not descendants') are compared, so a difference shows once, at the module that has it.
+
+    Raises:
+        ModelFileError: A file is missing, not ONNX, or truncated.
     """
+    a = a if isinstance(a, Hierarchy) else load(a)
+    b = b if isinstance(b, Hierarchy) else load(b)
     own_ops_a, own_ops_b = _own_ops(a), _own_ops(b)
     result = []
     for path in [*a.modules, *(p for p in b.modules if p not in a.modules)]:
@@ -41,7 +59,7 @@ def diff(a: Hierarchy, b: Hierarchy) -> list[ModuleDiff]:
                     changed,
                 )
             )
-    return result
+    return Diff(str(a.path), str(b.path), tuple(result))
 
 
 def _own_ops(hierarchy: Hierarchy) -> dict[str, dict[str, int]]:

@@ -1,22 +1,17 @@
 """Per-module statistics: node and operator counts, parameters, and how data crosses module borders.
 
-Definitions (also in docs/inspect.md):
-    edge             one (producer node, consumer node, value) triple; a value read by three nodes makes
-                     three edges.
-    internal edge    an edge whose producer and consumer both belong to the module or its descendants.
-    boundary input   a distinct value read inside the module and computed outside it, or a graph input;
-                     weights (initializers) are parameters, not boundary inputs.
-    boundary output  a distinct value computed inside the module and read outside it, or a graph output.
+Edges and boundaries are defined once, in :mod:`onnx_hierarchy.core._boundary` (also in docs/inspect.md).
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from onnx_hierarchy.core._hierarchy import Hierarchy
+from onnx_hierarchy.core._hierarchy import Hierarchy, load
 
 
 @dataclass(frozen=True)
@@ -68,11 +63,13 @@ def module_stats(hierarchy: Hierarchy, paths: Iterable[str] | None = None, *, ed
         own[node.module] += 1
         for path in ancestors[node.module]:
             ops[path][node.op_type] += 1
-    flow = _edge_counts(hierarchy, ancestors) if edges else None
+    flow = hierarchy.module_boundaries(wanted) if edges else {}
     result = []
     for path in wanted:
         record = hierarchy.modules[path]
         histogram = dict(ops[path].most_common())
+        boundary = flow.get(path)
+        crossing = (boundary.internal_edges, len(boundary.inputs), len(boundary.outputs)) if boundary else (0, 0, 0)
         result.append(
             ModuleStats(
                 path=path,
@@ -83,69 +80,77 @@ def module_stats(hierarchy: Hierarchy, paths: Iterable[str] | None = None, *, ed
                 nodes=sum(histogram.values()),
                 parameters=record.parameters_total,
                 ops=histogram,
-                internal_edges=flow[0][path] if flow else None,
-                boundary_inputs=len(flow[1][path]) if flow else None,
-                boundary_outputs=len(flow[2][path]) if flow else None,
+                internal_edges=crossing[0] if edges else None,
+                boundary_inputs=crossing[1] if edges else None,
+                boundary_outputs=crossing[2] if edges else None,
             )
         )
     return result
 
 
-def _edge_counts(
-    hierarchy: Hierarchy, ancestors: dict[str, tuple[str, ...]]
-) -> tuple[collections.Counter[str], dict[str, set[str]], dict[str, set[str]]]:
-    nodes = hierarchy.node_list
-    producer = {value: node.module for node in nodes for value in node.outputs if value}
-    internal: collections.Counter[str] = collections.Counter()
-    inputs: dict[str, set[str]] = collections.defaultdict(set)
-    outputs: dict[str, set[str]] = collections.defaultdict(set)
-    graph_inputs = set(hierarchy.graph_inputs)
-    chain_sets = {path: frozenset(chain) for path, chain in ancestors.items()}
-    for node in nodes:
-        consumer_chain = ancestors[node.module]
-        for value in node.inputs:
-            if value in producer:
-                producer_chain = chain_sets[producer[value]]
-                for path in consumer_chain:
-                    if path in producer_chain:
-                        internal[path] += 1
-                    else:
-                        inputs[path].add(value)
-                for path in ancestors[producer[value]]:
-                    if path not in consumer_chain:
-                        outputs[path].add(value)
-            elif value in graph_inputs:
-                for path in consumer_chain:
-                    inputs[path].add(value)
-    for value in hierarchy.graph_outputs:
-        if value in producer:
-            for path in ancestors[producer[value]]:
-                outputs[path].add(value)
-    return internal, inputs, outputs
+@dataclass(frozen=True)
+class Summary:
+    """``summary``: one row per selected module (modules that do not contain one another), and their sums.
+
+    Attributes:
+        model: The file read.
+        source: Where its modules came from (see :data:`onnx_hierarchy.core._hierarchy.SOURCES`).
+        rows: Statistics of each module, edges and boundaries included.
+    """
+
+    model: str
+    source: str
+    rows: tuple[ModuleStats, ...]
+
+    @property
+    def total(self) -> dict[str, int]:
+        """Sums of the rows."""
+        return {
+            "nodes": sum(s.nodes for s in self.rows),
+            "internal_edges": sum(s.internal_edges or 0 for s in self.rows),
+            "boundary_inputs": sum(s.boundary_inputs or 0 for s in self.rows),
+            "boundary_outputs": sum(s.boundary_outputs or 0 for s in self.rows),
+            "parameters": sum(s.parameters for s in self.rows),
+        }
+
+    def table(self) -> list[dict[str, Any]]:
+        """Rows as the command prints them, the total last; ``ops`` holds each module's node count."""
+        rows = [
+            {
+                "module": s.path or "(root)",
+                "class": s.cls,
+                "ops": s.nodes,
+                "internal_edges": s.internal_edges,
+                "boundary_inputs": s.boundary_inputs,
+                "boundary_outputs": s.boundary_outputs,
+                "parameters": s.parameters,
+            }
+            for s in self.rows
+        ]
+        total = self.total
+        rows.append({"module": "total", "class": "", "ops": total.pop("nodes"), **total})
+        return rows
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return self.table()
 
 
-def modules_at_depth(hierarchy: Hierarchy, depth: int, root: str = "") -> list[str]:
-    """Modules ``depth`` levels below ``root``, plus shallower leaves, so that together they cover it."""
-    found: list[str] = []
+def summary(
+    model: str | os.PathLike[str] | Hierarchy,
+    *,
+    pattern: str | None = None,
+    cls: str | None = None,
+    depth: int = 1,
+) -> Summary:
+    """Statistics of the modules ``depth`` levels down (with shallower leaves), or of those ``pattern``
+    and ``cls`` select.
 
-    def visit(path: str, level: int) -> None:
-        children = hierarchy.children(path)
-        if level == depth or not children:
-            found.append(path)
-            return
-        for child in children:
-            visit(child, level + 1)
-
-    visit(root, 0)
-    return found
-
-
-def total_row(stats: Sequence[ModuleStats]) -> dict[str, int]:
-    """Sums of a set of modules that do not contain one another."""
-    return {
-        "nodes": sum(s.nodes for s in stats),
-        "internal_edges": sum(s.internal_edges or 0 for s in stats),
-        "boundary_inputs": sum(s.boundary_inputs or 0 for s in stats),
-        "boundary_outputs": sum(s.boundary_outputs or 0 for s in stats),
-        "parameters": sum(s.parameters for s in stats),
-    }
+    Raises:
+        ModelFileError: The file is missing, not ONNX, or truncated.
+        UnknownModuleError: Nothing matches ``pattern`` or ``cls``.
+    """
+    hierarchy = model if isinstance(model, Hierarchy) else load(model)
+    selected = pattern is not None or cls is not None
+    paths = hierarchy.find(pattern, cls) if selected else hierarchy.covering(depth)
+    rows = module_stats(hierarchy, paths, edges=True)
+    return Summary(str(hierarchy.path), hierarchy.source, tuple(rows))

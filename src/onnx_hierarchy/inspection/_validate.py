@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
-from onnx_hierarchy.core._hierarchy import Hierarchy
+from onnx_hierarchy.core._hierarchy import Hierarchy, load
 
 
 @dataclass(frozen=True)
@@ -20,12 +22,19 @@ class ValidationReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "source": self.source, "nodes": self.nodes, "problems": list(self.problems)}
 
-def validate(hierarchy: Hierarchy, *, limit: int = 50) -> ValidationReport:
+
+def validate(model: str | os.PathLike[str] | Hierarchy, *, limit: int = 50) -> ValidationReport:
     """Checks: every node tagged, every tag names a module of the tree, parents consistent, calls valid.
 
     Stops listing after ``limit`` problems.
+
+    Raises:
+        ModelFileError: The file is missing, not ONNX, or truncated.
     """
+    hierarchy = model if isinstance(model, Hierarchy) else load(model)
     problems: list[str] = []
     if hierarchy.source != "hierarchy":
         problems.append(

@@ -11,10 +11,9 @@ them is written), so cutting every module of a model costs about as much as writ
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,12 @@ import onnx
 import onnx_ir as ir
 
 from onnx_hierarchy import schema
-from onnx_hierarchy.core import _hierarchy, _reading, _saving
+from onnx_hierarchy.core import _saving
+from onnx_hierarchy.core._boundary import Boundary
+from onnx_hierarchy.core._hierarchy import within
+from onnx_hierarchy.core._tagged import TaggedModel
+from onnx_hierarchy.core._traversal import nested_nodes
 from onnx_hierarchy.errors import ExtractionError, OutputError
-from onnx_hierarchy.inspection import _stats
 from onnx_hierarchy.runtime import _runtime
 from onnx_hierarchy.schema import PieceRecord
 
@@ -182,11 +184,11 @@ def extract(
         OutputError: ``output`` cannot be written.
     """
     output = Path(output)
-    source = _TaggedModel(Path(model))
+    source = _Cutter(Path(model))
     cut = source.cut(module, call)  # bad modules and calls fail here, before any folder is created
     source.check_output(output)
     pieces = (source.write(cut, output),)
-    return _finish(source, pieces, (), check, atol, inputs)
+    return _finish(source.source, pieces, (), check, atol, inputs)
 
 
 def extract_all(
@@ -211,14 +213,11 @@ def extract_all(
         ModelFileError, UnknownModuleError, OutputError: As :func:`extract`.
     """
     output_dir = Path(output_dir)
-    source = _TaggedModel(Path(model))
-    hierarchy = source.hierarchy
-    selected = hierarchy.find(pattern, cls) if pattern is not None or cls is not None else list(hierarchy.modules)
-    if depth is not None:
-        covering = set(_stats.modules_at_depth(hierarchy, depth))
-        selected = [path for path in selected if path in covering]
-    skipped = tuple(SkippedModule(p, "no nodes in the graph") for p in selected if p not in source.with_nodes)
-    wanted = [p for p in selected if p in source.with_nodes]
+    source = _Cutter(Path(model))
+    selected = source.hierarchy.select(pattern, cls, depth)
+    with_nodes = source.source.with_nodes
+    skipped = tuple(SkippedModule(p, "no nodes in the graph") for p in selected if p not in with_nodes)
+    wanted = [p for p in selected if p in with_nodes]
     if not wanted:
         raise ExtractionError(f"{source.path}: none of the {len(selected)} selected module(s) has nodes")
     if output_dir.exists() and not output_dir.is_dir():
@@ -233,7 +232,7 @@ def extract_all(
         pieces.append(source.write(cut, output_dir / _file_name(cut.module)))
     if check and progress:
         progress(f"checking {len(pieces)} pieces")
-    return _finish(source, tuple(pieces), skipped, check, atol, inputs)
+    return _finish(source.source, tuple(pieces), skipped, check, atol, inputs)
 
 
 def _file_name(module: str) -> str:
@@ -252,23 +251,20 @@ class _Cut:
     internal_edges: int
 
 
-class _TaggedModel:
-    """A tagged model read once, with the module and call of each top-level node."""
+class _Cutter:
+    """Cuts pieces out of one tagged model, read once."""
 
     def __init__(self, path: Path) -> None:
+        self.source = TaggedModel.read(path, "to tag it, then extract")
         self.path = path
-        self.proto, self.hierarchy = _hierarchy.load_tagged(path, "to tag it, then extract")
-        self.model = _reading.read_ir(path, self.proto)
+        self.hierarchy = self.source.hierarchy
+        graph = self.source.ir.graph
+        if self.source.ir.functions:
+            raise ExtractionError(f"{path}: models with ONNX local functions cannot be cut yet; inline them first")
         top_level = [info for info in self.hierarchy.node_list if info.parent is None]
-        self.tags = {node: (info.module, info.call) for node, info in zip(self.model.graph, top_level, strict=True)}
-        self.owners = _subgraph_owners(self.model.graph)
-        self.export_record = schema.read_export_record(self.model)
-
-    @functools.cached_property
-    def with_nodes(self) -> frozenset[str]:
-        """Modules that have nodes, their own or their descendants'."""
-        lineages = self.hierarchy.lineages
-        return frozenset(path for module, _ in set(self.tags.values()) for path in lineages[module])
+        self.positions = {node: info.index for node, info in zip(graph, top_level, strict=True)}
+        self.nested = {node: sum(1 for _ in nested_nodes(node)) for node in graph}
+        self.values = _values_by_name(graph)
 
     def check_output(self, output: Path) -> None:
         if output.resolve() == self.path.resolve():
@@ -277,36 +273,52 @@ class _TaggedModel:
 
     def cut(self, module: str, call: int | None) -> _Cut:
         """The nodes of ``module`` (one call of it, or all) and the values crossing their border."""
-        record = self.hierarchy.module(module)
+        hierarchy = self.hierarchy
+        record = hierarchy.module(module)
         last = max(record.calls, 1) - 1
         if call is not None and not 0 <= call <= last:
             raise ExtractionError(
                 f"{self.path}: {module or '(root)'} ran {record.calls} time(s); --call takes 0 to {last}"
             )
-        nodes = [
-            node
-            for node, (owner, owner_call) in self.tags.items()
-            if _hierarchy.within(owner, module)
-            and (call is None or self._call_within(module, owner, owner_call) == call)
-        ]
-        if not nodes:
+        boundary: Boundary[Any] | None
+        if call is None:
+            boundary = hierarchy.module_boundaries([module]).get(module)
+            members = {i for i, n in enumerate(hierarchy.node_list) if within(n.module, module)}
+        else:
+            self._check_calls_divide(module)
+            boundary = hierarchy.call_boundaries(module).get((module, call))
+            members = {i for i, keys in enumerate(hierarchy.call_memberships) if (module, call) in keys}
+        nodes = [node for node, index in self.positions.items() if index in members]
+        if not nodes or boundary is None:
             which = f"call {call} of " if call is not None else ""
             raise ExtractionError(
                 f"{self.path}: {which}module {module or '(root)'} ({record.cls}) has no nodes in the graph "
                 "(nothing it computes survived the export: an identity such as Dropout in eval mode, or work folded "
                 "into constants); pick a module that has nodes, e.g. with `onnx-hierarchy tree`"
             )
-        return _boundary(module, call, nodes, self.owners, self.model.graph)
+        if not boundary.outputs:
+            raise ExtractionError(f"module {module or '(root)'}: its nodes compute nothing the rest of the model reads")
+        return _Cut(
+            module,
+            call,
+            nodes,
+            [self.values[name] for name in boundary.inputs],
+            [self.values[name] for name in boundary.outputs],
+            [self.values[name] for name in boundary.weights],
+            len(nodes) + sum(self.nested[node] for node in nodes),
+            boundary.internal_edges,
+        )
 
-    def _call_within(self, module: str, owner: str, owner_call: int | None) -> int:
-        found = self.hierarchy.call_within(module, owner, owner_call)
-        if found is None:
-            raise ExtractionError(
-                f"{self.path}: {owner} ran {self.hierarchy.modules[owner].calls} times within "
-                f"{self.hierarchy.modules[module].calls} calls of {module}; its nodes cannot be split by call: "
-                "extract all calls (no --call)"
-            )
-        return found
+    def _check_calls_divide(self, module: str) -> None:
+        """One call of ``module`` can be cut only when the tags tell every descendant's calls apart."""
+        hierarchy = self.hierarchy
+        for owner in {n.module for n in hierarchy.node_list if within(n.module, module)}:
+            if hierarchy.call_within(module, owner, 0) is None:
+                raise ExtractionError(
+                    f"{self.path}: {owner} ran {hierarchy.modules[owner].calls} times within "
+                    f"{hierarchy.modules[module].calls} calls of {module}; its nodes cannot be split by call: "
+                    "extract all calls (no --call)"
+                )
 
     def write(self, cut: _Cut, output: Path) -> Piece:
         piece = self._piece_model(cut)
@@ -325,7 +337,7 @@ class _TaggedModel:
         )
 
     def _piece_model(self, cut: _Cut) -> ir.Model:
-        source = self.model
+        source = self.source.ir
         # Weights of a structure-only model are names without data; the piece references them the same way.
         absent = [v for v in cut.weights if not v.is_initializer()]
         view = ir.GraphView(
@@ -368,59 +380,21 @@ class _TaggedModel:
         return piece
 
 
-def _subgraph_owners(graph: ir.Graph) -> dict[ir.Node, ir.Node]:
-    """Each node inside a control-flow subgraph, mapped to the top-level node that holds it."""
-    owners: dict[ir.Node, ir.Node] = {}
+def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
+    """Every value of the top-level graph by name: inputs, weights, and what each node reads and writes."""
+    values: dict[str, ir.Value] = {str(v.name): v for v in graph.inputs}
+    values.update((name, v) for name, v in graph.initializers.items())
     for node in graph:
-        for inner in _nested_nodes(node):
-            owners[inner] = node
-    return owners
-
-
-def _nested_nodes(node: ir.Node) -> Iterator[ir.Node]:
-    for attribute in node.attributes.values():
-        if attribute.type == ir.AttributeType.GRAPH:
-            yield from ir.traversal.RecursiveGraphIterator(attribute.as_graph())
-        elif attribute.type == ir.AttributeType.GRAPHS:
-            for subgraph in attribute.as_graphs():
-                yield from ir.traversal.RecursiveGraphIterator(subgraph)
-
-
-def _boundary(
-    module: str, call: int | None, nodes: list[ir.Node], owners: dict[ir.Node, ir.Node], graph: ir.Graph
-) -> _Cut:
-    members = set(nodes)
-    inputs: dict[ir.Value, None] = {}
-    weights: dict[ir.Value, None] = {}
-    count = internal = 0
-    for node in nodes:
-        for reader in (node, *_nested_nodes(node)):
-            count += 1
+        for reader in (node, *nested_nodes(node)):
             for value in reader.inputs:
-                if value is None:
-                    continue
-                producer = value.producer()
-                if producer is not None and owners.get(producer, producer) in members:
-                    internal += 1
-                elif value.graph is not None and value.graph is not graph:
-                    continue  # a subgraph's own input, initializer or value: cloned with the subgraph
-                elif value.is_initializer() or (producer is None and not value.is_graph_input()):
-                    weights[value] = None  # structure-only files keep weights as names without data
-                else:
-                    inputs[value] = None
-    outputs = [
-        value
-        for node in nodes
-        for value in node.outputs
-        if value.is_graph_output() or any(owners.get(use.node, use.node) not in members for use in value.uses())
-    ]
-    if not outputs:
-        raise ExtractionError(f"module {module or '(root)'}: its nodes compute nothing the rest of the model reads")
-    return _Cut(module, call, nodes, list(inputs), outputs, list(weights), count, internal)
+                if value is not None and value.name and (value.graph is None or value.graph is graph):
+                    values.setdefault(value.name, value)
+        values.update((str(v.name), v) for v in node.outputs if v.name)
+    return values
 
 
 def _finish(
-    source: _TaggedModel,
+    source: TaggedModel,
     pieces: tuple[Piece, ...],
     skipped: tuple[SkippedModule, ...],
     check: bool,
@@ -429,10 +403,10 @@ def _finish(
 ) -> ExtractResult:
     if not check:
         return ExtractResult(source.path, pieces, skipped)
-    if source.export_record is not None and source.export_record.structure_only:
+    if source.structure_only:
         note = "not checked: a structure-only model has no weights to run"
         return ExtractResult(source.path, pieces, skipped, check_note=note)
-    feeds = _runtime.model_feeds(source.proto, source.export_record, inputs)
+    feeds = _runtime.model_feeds(source.proto, source.record, inputs)
     boundary = [name for piece in pieces for name in (*piece.inputs, *piece.outputs)]
     try:
         values = _runtime.run(source.proto, source.path.parent, feeds, boundary)

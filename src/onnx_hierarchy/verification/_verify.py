@@ -16,7 +16,6 @@ Nothing is paired by closeness of values, so a wrong number can never be hidden 
 from __future__ import annotations
 
 import collections
-import functools
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,8 +27,8 @@ import numpy as np
 import onnx
 
 from onnx_hierarchy import schema
-from onnx_hierarchy.core import _hierarchy
 from onnx_hierarchy.core._hierarchy import Hierarchy
+from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.errors import InputSpecError, ModelFileError, ModelSourceError, summarize
 from onnx_hierarchy.runtime import _runtime
 
@@ -203,7 +202,7 @@ def verify(
             )
         feeds = _feeds(target.proto, record, inputs, text, None)
         report("running both ONNX models")
-        expected = other.run(feeds, also=target.produced)
+        expected = other.run(feeds, also=target.model.produced)
         actual = target.run(feeds)
         calls = _compare_onnx(target, other, actual, expected, atol, rtol)
         return VerifyResult(
@@ -238,33 +237,40 @@ def _shapes(feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
 class _TaggedModel:
     """A tagged ONNX model and, per module call, the values that leave it."""
 
-    path: Path
-    proto: onnx.ModelProto
-    hierarchy: Hierarchy
-    record: schema.ExportRecord | None
+    model: TaggedModel
     boundaries: _Boundaries
 
     @classmethod
     def read(cls, path: Path) -> _TaggedModel:
-        proto, hierarchy = _hierarchy.load_tagged(path, "to tag it, then verify")
-        record = schema.read_export_record({p.key: p.value for p in proto.metadata_props})
-        if record is not None and record.structure_only:
+        model = TaggedModel.read(path, "to tag it, then verify")
+        if model.structure_only:
             raise ModelFileError(f"{path}: a structure-only export has no weights to run; export it with weights")
-        return cls(path, proto, hierarchy, record, _call_boundaries(hierarchy))
+        return cls(model, _call_boundaries(model.hierarchy))
+
+    @property
+    def path(self) -> Path:
+        return self.model.path
+
+    @property
+    def proto(self) -> onnx.ModelProto:
+        return self.model.proto
+
+    @property
+    def hierarchy(self) -> Hierarchy:
+        return self.model.hierarchy
+
+    @property
+    def record(self) -> schema.ExportRecord | None:
+        return self.model.record
 
     def parents(self) -> dict[str, str | None]:
         return {path: record.parent for path, record in self.hierarchy.modules.items()}
-
-    @functools.cached_property
-    def produced(self) -> frozenset[str]:
-        """Names of the values the model's top-level nodes compute."""
-        return frozenset(name for n in self.hierarchy.node_list if n.parent is None for name in n.outputs if name)
 
     def run(self, feeds: Mapping[str, np.ndarray], also: Iterable[str] = ()) -> dict[str, np.ndarray]:
         """Runs the model once, with every value leaving a module call exposed, and those of ``also`` that
         the model computes."""
         names = [name for names in self.boundaries.outputs.values() for name in names]
-        names += sorted(set(also) & self.produced)
+        names += sorted(set(also) & self.model.produced)
         try:
             return _runtime.run(self.proto, self.path.parent, feeds, names)
         except _runtime.RuntimeFailure as failure:
@@ -280,45 +286,18 @@ class _Boundaries:
 
 
 def _call_boundaries(hierarchy: Hierarchy) -> _Boundaries:
-    """Per module call: the values its nodes compute that other nodes read or the model returns, in node order."""
-    top = [n for n in hierarchy.node_list if n.parent is None]
-    memberships: dict[int, set[CallKey]] = {}
-    for node in top:
-        keys = set()
-        for module in hierarchy.lineages[node.module]:
-            call = hierarchy.call_within(module, node.module, node.call)
-            if call is not None:
-                keys.add((module, call))
-        memberships[node.index] = keys
-    readers: dict[str, list[int]] = collections.defaultdict(list)
-    for node in hierarchy.node_list:
-        for name in node.inputs:
-            if name:
-                readers[name].append(_top_level(hierarchy, node.index))
-    returned = set(hierarchy.graph_outputs)
-    outputs: dict[CallKey, list[str]] = collections.defaultdict(list)
+    """Per module call: the values its nodes compute that other nodes read or the model returns, in node
+    order; the root's start with the model's outputs, in the order the model returns them."""
+    outputs = {key: list(b.outputs) for key, b in hierarchy.call_boundaries().items() if b.outputs}
+    returned = hierarchy.graph_outputs
+    if ("", 0) in outputs:
+        outputs[("", 0)] = [*returned, *(n for n in outputs[("", 0)] if n not in returned)]
     last: dict[CallKey, int] = {}
-    for node in top:
-        keys = memberships[node.index]
-        for key in keys:
-            last[key] = node.index
-        for name in node.outputs:
-            if not name:
-                continue
+    for node, keys in zip(hierarchy.node_list, hierarchy.call_memberships, strict=True):
+        if node.parent is None:
             for key in keys:
-                if name in returned or any(key not in memberships[r] for r in readers[name]):
-                    outputs[key].append(name)
-    if ("", 0) in outputs:  # the model's outputs, in the order the model returns them
-        outputs[("", 0)] = [*hierarchy.graph_outputs, *(n for n in outputs[("", 0)] if n not in returned)]
-    return _Boundaries(dict(outputs), sorted(last, key=lambda k: (last[k], -len(k[0]))))
-
-
-def _top_level(hierarchy: Hierarchy, index: int) -> int:
-    """The top-level node holding the subgraph node at ``index``."""
-    node = hierarchy.node_list[index]
-    while node.parent is not None:
-        node = hierarchy.node_list[node.parent]
-    return node.index
+                last[key] = node.index
+    return _Boundaries(outputs, sorted(last, key=lambda k: (last[k], -len(k[0]))))
 
 
 def _torch_model(

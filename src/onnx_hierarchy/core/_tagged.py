@@ -1,0 +1,83 @@
+"""``TaggedModel``: a model whose nodes carry this project's tags, read once for every command that needs them.
+
+Extract, verify and the commands after them need the same things of such a file: its protobuf header
+(weights left on disk), its module hierarchy, how it was exported, and sometimes its onnx-ir graph. They
+get them here, from one read.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onnx_hierarchy import schema
+from onnx_hierarchy.core import _reading
+from onnx_hierarchy.core._hierarchy import Hierarchy, from_proto
+from onnx_hierarchy.core._proto import onnx_pb
+from onnx_hierarchy.errors import ModelFileError
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+__all__ = ["TaggedModel"]
+
+
+@dataclass(frozen=True)
+class TaggedModel:
+    """A tagged ONNX model, read without its weights.
+
+    Attributes:
+        path: The file.
+        proto: Its protobuf, weights referenced on disk (see :mod:`onnx_hierarchy.core._reading`).
+        hierarchy: Its module hierarchy, from its tags.
+        record: How it was exported, when onnx-hierarchy exported it.
+    """
+
+    path: Path
+    proto: onnx_pb.ModelProto
+    hierarchy: Hierarchy
+    record: schema.ExportRecord | None
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str], purpose: str) -> TaggedModel:
+        """Reads a tagged model.
+
+        Raises:
+            ModelFileError: The file is unreadable, or its nodes carry no hierarchy tags; the message says
+                how to tag it, ending with ``purpose`` ("to tag it, then extract").
+        """
+        path = Path(path)
+        proto = _reading.read_proto(path)
+        hierarchy = from_proto(path, proto)
+        if hierarchy.source != "hierarchy":
+            raise ModelFileError(
+                f"{path}: nodes carry no hierarchy tags (modules could only be derived from {hierarchy.source}); "
+                f"export the model with `onnx-hierarchy export MODEL OUTPUT.onnx` {purpose}"
+            )
+        record = schema.read_export_record({p.key: p.value for p in proto.metadata_props})
+        return cls(path, proto, hierarchy, record)
+
+    @property
+    def structure_only(self) -> bool:
+        """Exported without weights: the graph cannot run."""
+        return self.record is not None and self.record.structure_only
+
+    @functools.cached_property
+    def ir(self) -> ir.Model:
+        """The onnx-ir graph, its weights loaded from disk only when used."""
+        return _reading.read_ir(self.path, self.proto)
+
+    @functools.cached_property
+    def produced(self) -> frozenset[str]:
+        """Names of the values the model's top-level nodes compute."""
+        nodes = self.hierarchy.node_list
+        return frozenset(name for n in nodes if n.parent is None for name in n.outputs if name)
+
+    @functools.cached_property
+    def with_nodes(self) -> frozenset[str]:
+        """Modules that have nodes, their own or their descendants'."""
+        lineages = self.hierarchy.lineages
+        return frozenset(path for module in {n.module for n in self.hierarchy.node_list} for path in lineages[module])
