@@ -183,3 +183,34 @@ def test_dag_and_summary_agree_on_a_structure_only_file(config_dir: Callable[[st
         assert len(graph.boundary_inputs) == s.boundary_inputs, s.path
         assert len(graph.boundary_outputs) == s.boundary_outputs, s.path
     assert all(not name.endswith(".weight") for name in dag(hierarchy, "layers.0").boundary_inputs)
+
+
+def test_modules_outlined_as_local_functions_count_as_when_inline(
+    exported: Callable[[str], Exported], tmp_path: Path
+) -> None:
+    import onnx_ir as ir
+
+    from outlining import outline_module
+
+    flat_path = exported("bert").result.output
+    model = ir.load(flat_path)
+    for module in ("encoder.layer.0.attention", "encoder.layer.1"):
+        outline_module(model, module)
+    assert len(model.functions) == 2 and len(model.graph) < 60
+    outlined_path = tmp_path / "functions.onnx"
+    ir.save(model, outlined_path)
+
+    from onnx_hierarchy.inspection._tree import tree
+
+    assert tree(outlined_path).to_json() == tree(flat_path).to_json()
+    flat, outlined = load(flat_path), load(outlined_path)
+    counts = {s.path: (s.own_nodes, s.nodes, s.ops) for s in module_stats(flat)}
+    assert {s.path: (s.own_nodes, s.nodes, s.ops) for s in module_stats(outlined)} == counts
+    flat_edges = {s.path: s for s in module_stats(flat, edges=True)}
+    for stats in module_stats(outlined, edges=True):  # the data flow seen through the calls is the same too
+        assert (stats.internal_edges, stats.boundary_inputs, stats.boundary_outputs) == (
+            flat_edges[stats.path].internal_edges,
+            flat_edges[stats.path].boundary_inputs,
+            flat_edges[stats.path].boundary_outputs,
+        ), stats.path
+    assert validate(outlined).ok
