@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import onnx_ir as ir
 import pytest
 
 from onnx_hierarchy import schema
 from onnx_hierarchy.schema import ModuleRecord, TagSource
-from onnx_hierarchy.tagging import _tagging
+from onnx_hierarchy.tagging import _tags, _torch
 
 
 def _record(path: str, cls: str, calls: int = 1) -> ModuleRecord:
@@ -22,7 +25,7 @@ MODULES = [
     _record("block.other", "Linear", calls=2),
     _record("head", "Head"),
 ]
-FX_STACKS: dict[str, _tagging.Stack] = {
+FX_STACKS: dict[str, _tags.Stack] = {
     "linear": (("", 0), ("block", 0), ("block.inner", 0)),
     "linear_1": (("", 0), ("block", 1), ("block.inner", 1)),
     "split": (("", 0), ("block", 1), ("block.other", 1)),
@@ -54,7 +57,7 @@ def test_traced_inferred_and_renamed_nodes() -> None:
     last = _node("Add", [orphan.outputs[0]], "n4", "add")
     model = _model([first, second, rewritten, orphan, last], [x])
 
-    _tagging.TagNodesPass(FX_STACKS, MODULES)(model)
+    _torch.tag_export(model, FX_STACKS, MODULES)
     tags = {node.name: schema.read_node_tag(node) for node in model.graph}
 
     assert tags["n0"] == schema.NodeTag("block.inner", "Linear", "/Net/Block/Linear", TagSource.TRACED, 0)
@@ -73,7 +76,7 @@ def test_inference_keeps_the_deepest_shared_module_call() -> None:
     orphan = _node("Relu", [first.outputs[0]], "n1", None)
     last = _node("Split", [orphan.outputs[0]], "n2", "split")
     model = _model([first, orphan, last], [x])
-    _tagging.TagNodesPass(FX_STACKS, MODULES)(model)
+    _torch.tag_export(model, FX_STACKS, MODULES)
     tag = schema.read_node_tag(model.graph.node(1))
     assert (tag.module, tag.call, tag.source) == ("block", 1, TagSource.INFERRED)
 
@@ -92,7 +95,7 @@ def test_subgraph_node_without_neighbours_belongs_to_its_parent_node() -> None:
     )
     branch.metadata_props[schema.TORCH_NAME_SCOPES_KEY] = repr(["", "head", "add"])
     model = _model([cond, branch], [x])
-    _tagging.TagNodesPass(FX_STACKS, MODULES)(model)
+    _torch.tag_export(model, FX_STACKS, MODULES)
     assert schema.read_node_tag(inner).module == "head"
     assert schema.read_node_tag(inner).source is TagSource.INFERRED
 
@@ -100,7 +103,7 @@ def test_subgraph_node_without_neighbours_belongs_to_its_parent_node() -> None:
 def test_postcondition_catches_an_untagged_node() -> None:
     x = ir.Value(name="x")
     model = _model([_node("Relu", [x], "n0", "linear")], [x])
-    tag_pass = _tagging.TagNodesPass(FX_STACKS, MODULES)
+    tag_pass = _tags.TagNodesPass(MODULES, _torch.TorchStacks(FX_STACKS, MODULES))
     tag_pass(model)
     model.graph.node(0).metadata_props.pop(schema.MODULE_KEY)
     with pytest.raises(ir.passes.PostconditionError, match="n0"):
@@ -108,5 +111,27 @@ def test_postcondition_catches_an_untagged_node() -> None:
 
 
 def test_call_index_is_read_from_the_stack_key() -> None:
-    assert _tagging._call_index("L__self__encoder.layer@2") == 2
-    assert _tagging._call_index("L__self__encoder.layer") == 0
+    assert _torch._call_index("L__self__encoder.layer@2") == 2
+    assert _torch._call_index("L__self__encoder.layer") == 0
+
+
+def test_the_tag_writer_works_without_torch_on_any_tracer() -> None:
+    code = (
+        "import sys; import onnx_hierarchy.tagging._tags, onnx_hierarchy.core._hierarchy; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+    x = ir.Value(name="x")
+    first = _node("MatMul", [x], "n0", None)
+    middle = _node("Relu", [first.outputs[0]], "n1", None)
+    last = _node("MatMul", [middle.outputs[0]], "n2", None)
+    model = _model([first, middle, last], [x])
+    known = {"n0": (("", 0), ("block", 1), ("block.inner", 1)), "n2": (("", 0), ("block", 1), ("block.other", 1))}
+    _tags.TagNodesPass(MODULES, lambda node: known.get(node.name))(model)
+    tags = [schema.read_node_tag(node) for node in model.graph]
+    assert [(t.module, t.call, t.source) for t in tags] == [
+        ("block.inner", 1, TagSource.TRACED),
+        ("block", 1, TagSource.INFERRED),
+        ("block.other", 1, TagSource.TRACED),
+    ]

@@ -21,7 +21,7 @@ from onnx_hierarchy.exporting._check import CheckResult, compare_with_torch
 from onnx_hierarchy.hf import _inputs, _module_tree, _source
 from onnx_hierarchy.hf._inputs import InputShapes
 from onnx_hierarchy.schema import ExportRecord, InputRecord, ModuleRecord, TagSource
-from onnx_hierarchy.tagging import _tagging
+from onnx_hierarchy.tagging import _torch as _tagging
 
 _VERSIONED_PACKAGES = ("onnx-hierarchy", "torch", "transformers", "onnx", "onnx-ir", "onnxscript", "onnxruntime")
 
@@ -177,7 +177,7 @@ def export(
             set(_module_tree.module_paths(torch_model)),
         )
         modules = _module_tree.module_records(torch_model, traced.calls, _tagging.traced_calls(stacks))
-        _tagging.TagNodesPass(stacks, modules, keep_stack_traces=keep_stack_traces)(onnx_model)
+        _tagging.tag_export(onnx_model, stacks, modules, keep_stack_traces=keep_stack_traces)
         record = _export_record(
             source, task_name, model_class, weights, seed, inputs, onnx_model, traced, structure_only
         )
