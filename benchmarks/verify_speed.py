@@ -30,7 +30,7 @@ import numpy as np
 
 import onnx_hierarchy
 from onnx_hierarchy.hf import _source
-from onnx_hierarchy.runtime._runtime import dummy_feeds
+from onnx_hierarchy.runtime._feeds import dummy_feeds
 
 
 def main() -> None:

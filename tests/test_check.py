@@ -13,5 +13,5 @@ def test_a_model_onnx_runtime_cannot_run_fails_the_check_with_its_reason(tmp_pat
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
     model = torch.nn.Linear(2, 2)
     result = compare_with_torch(tmp_path / "broken.onnx", model, {"input": torch.ones(1, 2)}, ["out"], 1e-4)
-    assert not result.passed and result.error is not None and "ONNX Runtime could not run" in result.error
+    assert not result.passed and result.error is not None and "ONNX Runtime could not load the model" in result.error
     assert result.max_abs_diff == float("inf")

@@ -17,7 +17,7 @@ from onnx_hierarchy import schema
 from onnx_hierarchy.errors import ExtractionError, ModelFileError, OutputError, UnknownModuleError
 from onnx_hierarchy.inspection._stats import module_stats
 from onnx_hierarchy.pieces._extract import extract, extract_all
-from onnx_hierarchy.runtime import _runtime
+from onnx_hierarchy.runtime import _feeds, _session
 
 # The architectures the extract issue names: text, decoder, encoder-decoder, vision, audio.
 ARCHITECTURES = ("bert", "gpt2", "t5", "vit", "whisper")
@@ -126,7 +126,7 @@ def test_structure_only_pieces_are_written_but_not_checked(tmp_path: Path, confi
 
 def test_npz_inputs_drive_the_check(exported: Callable[[str], Exported], tmp_path: Path) -> None:
     path = exported("bert").result.output
-    feeds = _runtime.dummy_feeds(onnx.load(path), {"input_ids": (1, 5)})
+    feeds = _feeds.dummy_feeds(onnx.load(path), {"input_ids": (1, 5)})
     np.savez(tmp_path / "inputs.npz", **feeds)
     result = extract(path, "encoder", tmp_path / "encoder.onnx", check=True, inputs=tmp_path / "inputs.npz")
     assert result.passed and result.checks[0].max_abs_diff <= 1e-6
@@ -137,18 +137,20 @@ def test_a_wrong_piece_fails_the_check(
 ) -> None:
     """The check compares real values: a piece computing something else fails it."""
     path = exported("bert").result.output
-    original = _runtime.session
+    original = _session.session
 
-    def perturbed(model: onnx.ModelProto | Path, folder: Path | None = None) -> object:
+    def perturbed(
+        model: onnx.ModelProto | Path, folder: Path | None = None, policy: object = _session.DEFAULT_POLICY
+    ) -> object:
         if isinstance(model, Path):  # the piece, not the whole model
             proto = onnx.load(model)
             for tensor in proto.graph.initializer:
                 array = onnx.numpy_helper.to_array(tensor)
                 tensor.CopyFrom(onnx.numpy_helper.from_array(array * 1.01 + 0.01, tensor.name))
             model = proto
-        return original(model, folder)
+        return original(model, folder, policy)
 
-    monkeypatch.setattr(_runtime, "session", perturbed)
+    monkeypatch.setattr(_session, "session", perturbed)
     result = extract(path, "encoder.layer.0.output.dense", tmp_path / "dense.onnx", check=True)
     assert not result.passed and result.checks[0].max_abs_diff > 1e-3
 

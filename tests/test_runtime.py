@@ -11,8 +11,8 @@ import pytest
 
 from conftest import Exported
 from onnx_hierarchy.errors import InputSpecError
-from onnx_hierarchy.runtime import _runtime
-from onnx_hierarchy.runtime._runtime import max_abs_diff
+from onnx_hierarchy.runtime import _feeds, _session
+from onnx_hierarchy.runtime._compare import max_abs_diff
 
 
 def test_max_abs_diff_treats_matching_nan_and_inf_as_equal() -> None:
@@ -27,7 +27,7 @@ def test_max_abs_diff_treats_matching_nan_and_inf_as_equal() -> None:
 
 def test_dummy_token_ids_stay_inside_the_vocabulary(exported: Callable[[str], Exported]) -> None:
     model = onnx.load(exported("bert").result.output)
-    feeds = _runtime.dummy_feeds(model, {"input_ids": (3, 40)})
+    feeds = _feeds.dummy_feeds(model, {"input_ids": (3, 40)})
     assert feeds["input_ids"].shape == (3, 40)
     assert feeds["input_ids"].min() >= 0 and feeds["input_ids"].max() < 99  # tiny vocabulary: 99 tokens
     assert len(np.unique(feeds["input_ids"])) > 2
@@ -37,24 +37,24 @@ def test_dummy_token_ids_stay_inside_the_vocabulary(exported: Callable[[str], Ex
 def test_exposed_values_equal_a_run_that_ends_there(exported: Callable[[str], Exported], tmp_path: Path) -> None:
     path = exported("bert").result.output
     model = onnx.load(path)
-    feeds = _runtime.dummy_feeds(model)
+    feeds = _feeds.dummy_feeds(model)
     name = model.graph.node[len(model.graph.node) // 2].output[0]
-    values = _runtime.run(model, path.parent, feeds, [name])
+    values = _session.run(model, path.parent, feeds, [name])
     assert set(values) >= {name, *feeds, *(o.name for o in model.graph.output)}
     cut = onnx.utils.Extractor(model).extract_model(list(feeds), [name])
-    alone = _runtime.session(cut).run([name], feeds)[0]
+    alone = _session.session(cut).run([name], feeds)[0]
     assert max_abs_diff(alone, values[name]) == 0.0
 
 
 def test_npz_inputs_are_checked_by_name_and_shape(exported: Callable[[str], Exported], tmp_path: Path) -> None:
     model = onnx.load(exported("bert").result.output)
-    feeds = _runtime.dummy_feeds(model)
+    feeds = _feeds.dummy_feeds(model)
     np.savez(tmp_path / "ok.npz", **feeds)
-    loaded = _runtime.load_feeds(tmp_path / "ok.npz", model)
+    loaded = _feeds.load_feeds(tmp_path / "ok.npz", model)
     assert all(np.array_equal(loaded[k], v) for k, v in feeds.items())
     np.savez(tmp_path / "names.npz", **{**feeds, "input_idz": feeds["input_ids"]})
     with pytest.raises(InputSpecError, match="unknown input_idz"):
-        _runtime.load_feeds(tmp_path / "names.npz", model)
+        _feeds.load_feeds(tmp_path / "names.npz", model)
     np.savez(tmp_path / "rank.npz", **{**feeds, "input_ids": feeds["input_ids"][0]})
     with pytest.raises(InputSpecError, match="input 'input_ids' has shape"):
-        _runtime.load_feeds(tmp_path / "rank.npz", model)
+        _feeds.load_feeds(tmp_path / "rank.npz", model)

@@ -17,7 +17,7 @@ from architectures import tiny_config
 from conftest import Exported
 from onnx_hierarchy import schema
 from onnx_hierarchy.errors import InputSpecError, ModelFileError, ModelSourceError
-from onnx_hierarchy.runtime import _runtime
+from onnx_hierarchy.runtime import _feeds
 
 # The architectures the verify issue names: text, decoder, encoder-decoder, vision.
 ARCHITECTURES = ("bert", "gpt2", "t5", "vit")
@@ -92,7 +92,7 @@ def test_fp16_against_fp32_reports_every_module(exported: Callable[[str], Export
 
 def test_inputs_from_npz(exported: Callable[[str], Exported], tmp_path: Path) -> None:
     path = exported("gpt2").result.output
-    feeds = _runtime.dummy_feeds(onnx.load(path), {"input_ids": (1, 7)})
+    feeds = _feeds.dummy_feeds(onnx.load(path), {"input_ids": (1, 7)})
     np.savez(tmp_path / "inputs.npz", **feeds)
     result = onnx_hierarchy.verify(path, inputs=tmp_path / "inputs.npz")
     assert result.passed and result.inputs["input_ids"] == (1, 7)
@@ -135,7 +135,7 @@ def test_no_recorded_source_says_how_to_pass_one(exported: Callable[[str], Expor
 
 def test_wrong_inputs_are_refused(exported: Callable[[str], Exported], tmp_path: Path) -> None:
     path = exported("bert").result.output
-    feeds = _runtime.dummy_feeds(onnx.load(path))
+    feeds = _feeds.dummy_feeds(onnx.load(path))
     np.savez(tmp_path / "names.npz", ids=feeds["input_ids"])
     with pytest.raises(InputSpecError, match="missing attention_mask"):
         onnx_hierarchy.verify(path, inputs=tmp_path / "names.npz")

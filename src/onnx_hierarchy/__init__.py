@@ -17,56 +17,103 @@ from onnx_hierarchy._version import __version__
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
+    from onnx_hierarchy.core._boundary import Boundary
     from onnx_hierarchy.core._hierarchy import Hierarchy, NodeInfo, load
+    from onnx_hierarchy.core._progress import StageEvent, StageTiming
+    from onnx_hierarchy.core._tagged import TaggedModel
     from onnx_hierarchy.exporting._check import CheckResult, OutputDifference
-    from onnx_hierarchy.exporting._export import ExportResult, StageEvent, StageTiming, export
-    from onnx_hierarchy.hf._inputs import InputShapes
+    from onnx_hierarchy.exporting._export import ExportResult, export
+    from onnx_hierarchy.hf._shapes import InputShapes
+    from onnx_hierarchy.inspection._dag import Dag, Edge, dag
+    from onnx_hierarchy.inspection._diff import Diff, ModuleDiff, diff
+    from onnx_hierarchy.inspection._stats import ModuleStats, Summary, summary
+    from onnx_hierarchy.inspection._tree import ModuleTree, NodeList, nodes, tree
+    from onnx_hierarchy.inspection._validate import ValidationReport, validate
     from onnx_hierarchy.pieces._extract import ExtractResult, Piece, PieceCheck, SkippedModule, extract, extract_all
-    from onnx_hierarchy.verification._verify import CallComparison, VerifyResult, verify
+    from onnx_hierarchy.runtime._session import SessionPolicy
+    from onnx_hierarchy.verification._verify import CallComparison, CallStatus, VerifyResult, verify
 
 __all__ = [
+    "Boundary",
     "CallComparison",
+    "CallStatus",
     "CheckResult",
+    "Dag",
+    "Diff",
+    "Edge",
     "ExportResult",
     "ExtractResult",
     "Hierarchy",
     "InputShapes",
+    "ModuleDiff",
+    "ModuleStats",
+    "ModuleTree",
     "NodeInfo",
+    "NodeList",
     "OutputDifference",
     "Piece",
     "PieceCheck",
+    "SessionPolicy",
     "SkippedModule",
     "StageEvent",
     "StageTiming",
+    "Summary",
+    "TaggedModel",
+    "ValidationReport",
     "VerifyResult",
     "__version__",
+    "dag",
+    "diff",
     "errors",
     "export",
     "extract",
     "extract_all",
     "load",
+    "nodes",
     "schema",
+    "summary",
+    "tree",
+    "validate",
     "verify",
 ]
 
 _LAZY = {
+    "Boundary": "onnx_hierarchy.core._boundary",
+    "Hierarchy": "onnx_hierarchy.core._hierarchy",
+    "NodeInfo": "onnx_hierarchy.core._hierarchy",
+    "load": "onnx_hierarchy.core._hierarchy",
+    "StageEvent": "onnx_hierarchy.core._progress",
+    "StageTiming": "onnx_hierarchy.core._progress",
+    "TaggedModel": "onnx_hierarchy.core._tagged",
     "CheckResult": "onnx_hierarchy.exporting._check",
     "OutputDifference": "onnx_hierarchy.exporting._check",
     "ExportResult": "onnx_hierarchy.exporting._export",
-    "StageEvent": "onnx_hierarchy.exporting._export",
-    "StageTiming": "onnx_hierarchy.exporting._export",
     "export": "onnx_hierarchy.exporting._export",
+    "InputShapes": "onnx_hierarchy.hf._shapes",
+    "Dag": "onnx_hierarchy.inspection._dag",
+    "Edge": "onnx_hierarchy.inspection._dag",
+    "dag": "onnx_hierarchy.inspection._dag",
+    "Diff": "onnx_hierarchy.inspection._diff",
+    "ModuleDiff": "onnx_hierarchy.inspection._diff",
+    "diff": "onnx_hierarchy.inspection._diff",
+    "ModuleStats": "onnx_hierarchy.inspection._stats",
+    "Summary": "onnx_hierarchy.inspection._stats",
+    "summary": "onnx_hierarchy.inspection._stats",
+    "ModuleTree": "onnx_hierarchy.inspection._tree",
+    "NodeList": "onnx_hierarchy.inspection._tree",
+    "nodes": "onnx_hierarchy.inspection._tree",
+    "tree": "onnx_hierarchy.inspection._tree",
+    "ValidationReport": "onnx_hierarchy.inspection._validate",
+    "validate": "onnx_hierarchy.inspection._validate",
     "ExtractResult": "onnx_hierarchy.pieces._extract",
     "Piece": "onnx_hierarchy.pieces._extract",
     "PieceCheck": "onnx_hierarchy.pieces._extract",
     "SkippedModule": "onnx_hierarchy.pieces._extract",
     "extract": "onnx_hierarchy.pieces._extract",
     "extract_all": "onnx_hierarchy.pieces._extract",
-    "InputShapes": "onnx_hierarchy.hf._inputs",
-    "Hierarchy": "onnx_hierarchy.core._hierarchy",
-    "NodeInfo": "onnx_hierarchy.core._hierarchy",
-    "load": "onnx_hierarchy.core._hierarchy",
+    "SessionPolicy": "onnx_hierarchy.runtime._session",
     "CallComparison": "onnx_hierarchy.verification._verify",
+    "CallStatus": "onnx_hierarchy.verification._verify",
     "VerifyResult": "onnx_hierarchy.verification._verify",
     "verify": "onnx_hierarchy.verification._verify",
     "errors": None,
@@ -80,7 +127,11 @@ def __getattr__(name: str) -> Any:
     module_name = _LAZY[name]
     if module_name is None:
         return importlib.import_module(f"onnx_hierarchy.{name}")
-    return getattr(importlib.import_module(module_name), name)
+    value = getattr(importlib.import_module(module_name), name)
+    # Public names say where users import them from, not which private module defines them.
+    value.__module__ = __name__
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:

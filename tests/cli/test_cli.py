@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 import transformers
 
 from architectures import UNTRACEABLE
-from conftest import RunCli
+from conftest import Exported, RunCli
 
 
 def test_export_json_output(config_dir: Callable[[str], Path], tmp_path: Path, run_cli: RunCli) -> None:
@@ -102,8 +100,15 @@ def test_usage_errors_exit_2(run_cli: RunCli) -> None:
     assert code == 2 and "batch-size" in err
 
 
-def test_help_does_not_import_torch() -> None:
-    probe = "import sys; from onnx_hierarchy.cli import main; main(['--help']); print('torch' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert done.stdout.strip().endswith("False")
-    assert "export" in done.stdout
+def test_a_bug_is_exit_3_with_a_hint_to_report_it(
+    exported: Callable[[str], Exported], monkeypatch: pytest.MonkeyPatch, run_cli: RunCli
+) -> None:
+    from onnx_hierarchy.inspection import _tree
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(_tree, "tree", broken)
+    code, out, err = run_cli(["tree", str(exported("bert").result.output)])
+    assert code == 3 and not out
+    assert "internal error: KeyError" in err and "report it as a bug" in err and "Traceback" not in err

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from conftest import Exported, RunCli
-from onnx_hierarchy.runtime import _runtime
+from onnx_hierarchy.runtime import _feeds
 from test_verify import _perturbed
 
 
@@ -57,7 +57,7 @@ def test_bad_input_is_one_line_and_exit_2(
     run_cli: RunCli,
 ) -> None:
     path = str(exported("bert").result.output)
-    feeds = _runtime.dummy_feeds(onnx.load(path))
+    feeds = _feeds.dummy_feeds(onnx.load(path))
     np.savez(tmp_path / "inputs.npz", ids=feeds["input_ids"])
     args = {
         "architecture": ["--model", str(config_dir("gpt2"))],

@@ -42,7 +42,7 @@ cli.add_command(verify_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI and returns its exit code: 0 ok, 1 check failed, 2 bad input."""
+    """Runs the CLI and returns its exit code: 0 ok, 1 a difference found, 2 bad input, 3 internal error."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]  # accepted anywhere on the line, not only before the command

@@ -9,10 +9,12 @@ import click
 from onnx_hierarchy.cli._output import error_line
 from onnx_hierarchy.errors import HierarchyError
 
-EXIT_OK = 0
-EXIT_CHECK_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+# The exit codes, documented in the README.
+EXIT_OK = 0  # done; checks passed
+EXIT_CHECK_FAILED = 1  # a check, verify or validate found a difference
+EXIT_USAGE = 2  # bad input: one ERROR line says what and what to do
+EXIT_INTERNAL = 3  # a bug in onnx-hierarchy
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 def handle(error: BaseException, *, debug: bool) -> int:
@@ -32,4 +34,4 @@ def handle(error: BaseException, *, debug: bool) -> int:
         f"internal error: {type(error).__name__}: {error}",
         None if debug else "rerun with --debug for the traceback, and report it as a bug",
     )
-    return EXIT_CHECK_FAILED
+    return EXIT_INTERNAL

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,9 +12,11 @@ from rich.table import Table
 
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import Output
+from onnx_hierarchy.hf._shapes import InputShapes
+from onnx_hierarchy.runtime._compare import CHECK_ATOL
 
 if TYPE_CHECKING:
-    from onnx_hierarchy.exporting._export import ExportResult, StageEvent
+    from onnx_hierarchy.exporting._export import ExportResult
 
 
 @click.command("export")
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--task", help="Task (e.g. text-classification) or transformers class. Default: config.architectures[0].")
 @click.option("--structure-only", is_flag=True, help="Build on the meta device: full graph and tags, no weights.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--sequence-length", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=InputShapes.batch_size, show_default=True)
+@click.option("--sequence-length", type=click.IntRange(min=1), default=InputShapes.sequence_length, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=1), help="Image height and width. Default: from the config.")
 @click.option(
     "--input-spec",
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 @click.option("--opset", type=click.IntRange(min=18), help="ONNX opset. Default: torch.onnx's.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random weights.")
 @click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime vs PyTorch comparison.")
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Tolerance of the check.")
+@click.option("--atol", type=float, default=CHECK_ATOL, show_default=True, help="Tolerance of the check.")
 @click.option("--keep-stack-traces", is_flag=True, help="Keep pkg.torch.onnx.stack_trace (holds local paths).")
 @click.option("--sidecar", is_flag=True, help="Also write OUTPUT.hierarchy.json.")
 @click.option("--tree", "show_tree", is_flag=True, help="Print the module tree after the summary.")
@@ -61,10 +62,9 @@ def export_command(
 ) -> int:
     """Export MODEL (Hub id, checkpoint folder, or config.json) to OUTPUT.onnx with hierarchy tags."""
     from onnx_hierarchy.exporting._export import export
-    from onnx_hierarchy.hf._inputs import InputShapes
 
     out = Output(fmt)
-    with out.status("loading the model") as update:
+    with out.progress() as progress:
         result = export(
             model,
             output,
@@ -79,7 +79,7 @@ def export_command(
             atol=atol,
             keep_stack_traces=keep_stack_traces,
             sidecar=sidecar,
-            progress=_progress_reporter(update),
+            progress=progress,
         )
     for warning in result.warnings:
         out.warning(warning)
@@ -87,28 +87,6 @@ def export_command(
     if result.check is not None and not result.check.passed:
         return EXIT_CHECK_FAILED
     return EXIT_OK
-
-
-_STAGE_MESSAGES = {
-    "load": "loading the model",
-    "trace": "tracing with torch.export",
-    "convert": "converting to ONNX",
-    "tag": "tagging nodes with their modules",
-    "save": "writing",
-    "check": "comparing ONNX Runtime with PyTorch",
-}
-
-
-def _progress_reporter(update: Callable[[str], None]) -> Callable[[StageEvent], None]:
-    done: list[str] = []
-
-    def report(event: StageEvent) -> None:
-        if event.seconds is None:
-            update(" · ".join([*done, f"[bold]{_STAGE_MESSAGES.get(event.stage, event.stage)}…[/]"]))
-        else:
-            done.append(f"{event.stage} {event.seconds:.1f} s ✓")
-
-    return report
 
 
 def _render(result: ExportResult, show_tree: bool) -> Group:

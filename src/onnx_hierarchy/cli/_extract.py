@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import TABLE_FORMATS, Output, render_table
+from onnx_hierarchy.runtime._compare import PIECE_ATOL
 
 if TYPE_CHECKING:
     from onnx_hierarchy.pieces._extract import ExtractResult
@@ -32,7 +33,7 @@ _CHECK_COLUMNS = ["max_abs_diff", "check"]
 @click.option("--class", "cls", help="With --all: only modules of this class.")
 @click.option("--call", type=click.IntRange(min=0), help="Only this call (0-based) of a module that ran several times.")
 @click.option("--check", is_flag=True, help="Prove each piece reproduces the whole model's values (ONNX Runtime).")
-@click.option("--atol", type=float, default=1e-6, show_default=True, help="Tolerance of the check.")
+@click.option("--atol", type=float, default=PIECE_ATOL, show_default=True, help="Tolerance of the check.")
 @click.option(
     "--inputs",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -64,7 +65,7 @@ def extract_command(
     if all_dir is not None:
         if output is not None or call is not None:
             raise click.UsageError("--all writes one file per module: drop -o/--call, or drop --all")
-        with out.status("reading the model") as update:
+        with out.progress() as progress:
             result = extract_all(
                 model,
                 all_dir,
@@ -74,7 +75,7 @@ def extract_command(
                 check=check,
                 atol=atol,
                 inputs=inputs,
-                progress=update,
+                progress=progress,
             )
     else:
         if module is None or output is None:
@@ -83,8 +84,10 @@ def extract_command(
             raise click.UsageError("--depth and --class select modules for --all")
         if any(c in module for c in "*?["):
             raise click.UsageError(f"{module!r} is a pattern: use --all FOLDER to write every module it matches")
-        with out.status("extracting"):
-            result = extract(model, module, output, call=call, check=check, atol=atol, inputs=inputs)
+        with out.progress() as progress:
+            result = extract(
+                model, module, output, call=call, check=check, atol=atol, inputs=inputs, progress=progress
+            )
     _render(out, fmt, result, check)
     return EXIT_OK if result.passed else EXIT_CHECK_FAILED
 

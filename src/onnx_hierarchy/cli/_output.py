@@ -7,13 +7,31 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
 from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
+
+from onnx_hierarchy.core._progress import ProgressCallback, StageEvent
+
+# What each stage a command reports is doing, as the status line says it.
+_STAGE_MESSAGES = {
+    "load": "loading the model",
+    "trace": "tracing with torch.export",
+    "convert": "converting to ONNX",
+    "tag": "tagging nodes with their modules",
+    "save": "writing",
+    "check": "checking with ONNX Runtime",
+    "read": "reading the model",
+    "write": "writing",
+    "build": "building the PyTorch model",
+    "torch": "running PyTorch with module hooks",
+    "onnx": "running ONNX Runtime",
+    "reference": "running the reference model",
+}
 
 # Formats of commands whose result is a table.
 TABLE_FORMATS = click.Choice(["text", "json", "csv", "markdown"])
@@ -43,17 +61,28 @@ class Output:
         sys.stdout.write(text)
 
     @contextlib.contextmanager
-    def status(self, message: str) -> Iterator[Callable[[str], None]]:
-        """Shows a transient status line on an interactive stderr; yields a function that updates it.
+    def progress(self) -> Iterator[ProgressCallback]:
+        """Shows the stages a command reports as a transient status line on an interactive stderr.
 
-        Nothing stays on screen afterwards, so a failure still ends in exactly one ``ERROR:`` line, and
-        logs and pipes get no spinner frames.
+        Finished stages stay in the line with their times; nothing stays on screen afterwards, so a
+        failure still ends in exactly one ``ERROR:`` line, and logs and pipes get no spinner frames.
         """
         if not self.err.is_terminal:
-            yield lambda _message: None
+            yield lambda _event: None
             return
-        with self.err.status(message) as status:
-            yield status.update
+        done: list[str] = []
+        with self.err.status("starting") as status:
+
+            def report(event: StageEvent) -> None:
+                if event.seconds is not None:
+                    done.append(f"{event.stage} {event.seconds:.1f} s ✓")
+                    return
+                current = f"[bold]{escape(_STAGE_MESSAGES.get(event.stage, event.stage))}…[/]"
+                if event.detail:
+                    current += f" {escape(event.detail)}"
+                status.update(" · ".join([*done, current]))
+
+            yield report
 
     def warning(self, message: str) -> None:
         self.err.print(f"[yellow]warning:[/] {escape(message)}")

@@ -13,11 +13,11 @@ from rich.tree import Tree
 
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import Output
+from onnx_hierarchy.runtime._compare import VERIFY_ATOL, VERIFY_RTOL
 
 if TYPE_CHECKING:
-    from onnx_hierarchy.verification._verify import CallComparison, VerifyResult
+    from onnx_hierarchy.verification._verify import CallComparison, CallStatus, VerifyResult
 
-_STYLES = {"ok": "green", "over tolerance": "bold red", "not comparable": "yellow"}
 
 
 @click.command("verify")
@@ -34,8 +34,8 @@ _STYLES = {"ok": "green", "over tolerance": "bold red", "not comparable": "yello
     help=".npz file with one array per model input. Default: generated inputs of the recorded shapes.",
 )
 @click.option("--text", help="Text to tokenize with the checkpoint's own tokenizer (text models).")
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance.")
-@click.option("--rtol", type=float, default=1e-3, show_default=True, help="Relative tolerance.")
+@click.option("--atol", type=float, default=VERIFY_ATOL, show_default=True, help="Absolute tolerance.")
+@click.option("--rtol", type=float, default=VERIFY_RTOL, show_default=True, help="Relative tolerance.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def verify_command(
     model: Path,
@@ -59,9 +59,9 @@ def verify_command(
     if reference is not None and source is not None:
         raise click.UsageError("--reference compares two ONNX models; --model picks a PyTorch source: give one")
     out = Output(fmt)
-    with out.status("reading the model") as update:
+    with out.progress() as progress:
         result = verify(
-            model, source=source, reference=reference, inputs=inputs, text=text, atol=atol, rtol=rtol, progress=update
+            model, source=source, reference=reference, inputs=inputs, text=text, atol=atol, rtol=rtol, progress=progress
         )
     for warning in result.warnings:
         out.warning(warning)
@@ -107,7 +107,9 @@ def _render(result: VerifyResult) -> RenderableType:
             f"[bold red]first over tolerance:[/] {escape(where)} ({escape(first.cls)}): "
             f"max abs error {first.max_abs_error:.2e}, max rel error {first.max_rel_error:.2e}"
         )
-    reasons = collections.Counter(c.reason for c in result.calls if c.status == "not comparable")
+    from onnx_hierarchy.verification._verify import CallStatus
+
+    reasons = collections.Counter(c.reason for c in result.calls if c.status is CallStatus.NOT_COMPARABLE)
     for reason, count in reasons.most_common():
         lines.append(f"[yellow]not comparable[/] ({count}): {escape(reason or '')}")
     return Group(*lines)
@@ -118,7 +120,7 @@ def _label(name: str, calls: list[CallComparison], first: CallComparison | None,
         return f"[dim]{escape(name)}[/]"
     cls = escape(calls[0].cls)
     worst = max(calls, key=_severity)
-    style = _STYLES[worst.status]
+    style = _style(worst.status)
     errors = (
         f"abs {worst.max_abs_error:.1e} · rel {worst.max_rel_error:.1e}"
         if worst.max_abs_error is not None and worst.max_rel_error is not None
@@ -126,9 +128,17 @@ def _label(name: str, calls: list[CallComparison], first: CallComparison | None,
     )
     times = f" · {len(calls)} calls, worst" if len(calls) > 1 else ""
     marker = " [bold red]◀ first over tolerance[/]" if first is not None and first.module == path else ""
-    return f"{escape(name) or '(root)'} [dim]{cls}[/]{times} [{style}]{worst.status}[/] {errors}{marker}"
+    return f"{escape(name) or '(root)'} [dim]{cls}[/]{times} [{style}]{worst.status.value}[/] {errors}{marker}"
 
 
 def _severity(call: CallComparison) -> tuple[int, float]:
-    rank = {"over tolerance": 2, "ok": 1, "not comparable": 0}[call.status]
+    from onnx_hierarchy.verification._verify import CallStatus
+
+    rank = {CallStatus.OVER: 2, CallStatus.OK: 1, CallStatus.NOT_COMPARABLE: 0}[call.status]
     return rank, call.max_abs_error or 0.0
+
+
+def _style(status: CallStatus) -> str:
+    from onnx_hierarchy.verification._verify import CallStatus
+
+    return {CallStatus.OK: "green", CallStatus.OVER: "bold red", CallStatus.NOT_COMPARABLE: "yellow"}[status]

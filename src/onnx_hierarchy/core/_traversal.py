@@ -9,7 +9,7 @@ and each function body's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,58 +47,52 @@ def proto_nodes(model: onnx_pb.ModelProto) -> Iterator[ProtoNode]:
     """Nodes in execution order, depth first: each node followed by its subgraphs' nodes; function calls
     replaced by the function's nodes."""
     functions = {(f.domain, f.name, f.overload): f for f in model.functions}
-    yield from _walk(model.graph.node, functions, None, [0], _same, "")
+    yield from _walk(model.graph.node, _Scope(functions, [0]), None)
 
 
-def _same(name: str) -> str:
-    return name
+@dataclass(frozen=True)
+class _Scope:
+    """Where a walk is: the model's functions, the running node count, and how the caller names values.
+
+    At the top level names stay as they are; inside a function call, formal parameters take the call's
+    value names and every other name gets the call site as prefix, so each call's values are distinct.
+    """
+
+    functions: Mapping[FunctionKey, onnx_pb.FunctionProto]
+    counter: list[int]
+    bound: Mapping[str, str] | None = None
+    prefix: str = ""
+
+    def rename(self, name: str) -> str:
+        if self.bound is None:
+            return name
+        return self.bound.get(name) or self.prefix + name
+
+    def enter(self, call: onnx_pb.NodeProto, function: onnx_pb.FunctionProto) -> _Scope:
+        pairs = [*zip(function.input, call.input, strict=False), *zip(function.output, call.output, strict=False)]
+        bound = {formal: self.rename(actual) for formal, actual in pairs if actual}
+        return _Scope(self.functions, self.counter, bound, f"{self.prefix}{call.name or function.name}/")
 
 
-def _walk(
-    nodes: Sequence[onnx_pb.NodeProto],
-    functions: Mapping[FunctionKey, onnx_pb.FunctionProto],
-    parent: int | None,
-    counter: list[int],
-    rename: Callable[[str], str],
-    prefix: str,
-) -> Iterator[ProtoNode]:
+def _walk(nodes: Sequence[onnx_pb.NodeProto], scope: _Scope, parent: int | None) -> Iterator[ProtoNode]:
     for node in nodes:
-        function = functions.get((node.domain, node.op_type, node.overload)) if functions else None
+        function = scope.functions.get((node.domain, node.op_type, node.overload)) if scope.functions else None
         if function is not None:
-            yield from _expand(node, function, functions, parent, counter, rename, prefix)
+            # The call's nodes stand in for it, under the call's parent; the call itself is not listed.
+            yield from _walk(function.node, scope.enter(node, function), parent)
             continue
-        index = counter[0]
-        counter[0] += 1
+        index = scope.counter[0]
+        scope.counter[0] += 1
         yield ProtoNode(
             node,
-            prefix + node.name,
-            tuple(rename(v) if v else "" for v in node.input),
-            tuple(rename(v) if v else "" for v in node.output),
+            scope.prefix + node.name,
+            tuple(scope.rename(v) if v else "" for v in node.input),
+            tuple(scope.rename(v) if v else "" for v in node.output),
             parent,
         )
         for attribute in node.attribute:
             for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
-                yield from _walk(subgraph.node, functions, index, counter, rename, prefix)
-
-
-def _expand(
-    call: onnx_pb.NodeProto,
-    function: onnx_pb.FunctionProto,
-    functions: Mapping[FunctionKey, onnx_pb.FunctionProto],
-    parent: int | None,
-    counter: list[int],
-    rename: Callable[[str], str],
-    prefix: str,
-) -> Iterator[ProtoNode]:
-    """A call's nodes, formal parameters bound to the call's values, other names made unique per call."""
-    site = f"{prefix}{call.name or function.name}/"
-    bound = {formal: rename(actual) for formal, actual in zip(function.input, call.input, strict=False) if actual}
-    bound.update((formal, rename(actual)) for formal, actual in zip(function.output, call.output, strict=False))
-
-    def inner(name: str) -> str:
-        return bound.get(name) or site + name
-
-    yield from _walk(function.node, functions, parent, counter, inner, site)
+                yield from _walk(subgraph.node, scope, index)
 
 
 def ir_nodes(model: ir.Model) -> Iterator[ir.Node]:

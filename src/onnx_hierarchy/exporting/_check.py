@@ -11,7 +11,8 @@ import torch
 import torch.utils._pytree as pytree
 
 from onnx_hierarchy.errors import summarize
-from onnx_hierarchy.runtime._runtime import max_abs_diff
+from onnx_hierarchy.runtime._compare import max_abs_diff
+from onnx_hierarchy.runtime._session import DEFAULT_POLICY, RuntimeFailure, SessionPolicy, session
 
 __all__ = ["CheckResult", "OutputDifference", "compare_with_torch"]
 
@@ -53,17 +54,16 @@ def compare_with_torch(
     inputs: Mapping[str, torch.Tensor],
     output_names: Sequence[str],
     atol: float,
+    policy: SessionPolicy = DEFAULT_POLICY,
 ) -> CheckResult:
     """Runs both models on ``inputs`` and measures the largest difference of each output."""
-    import onnxruntime as ort
-
     with torch.no_grad():
         expected = [leaf for leaf in pytree.tree_leaves(model(**inputs)) if isinstance(leaf, torch.Tensor)]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        actual = session.run(None, {i.name: inputs[i.name].numpy() for i in session.get_inputs()})
+        runner = session(onnx_path, policy=policy)
+        actual = runner.run(None, {i.name: inputs[i.name].numpy() for i in runner.get_inputs()})
+    except RuntimeFailure as failure:
+        return CheckResult((), atol, str(failure))
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
         return CheckResult((), atol, f"ONNX Runtime could not run the model: {summarize(error)}")
     differences = []

@@ -5,9 +5,6 @@ from __future__ import annotations
 import collections
 import importlib.metadata
 import os
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,31 +13,17 @@ import onnx_ir as ir
 
 from onnx_hierarchy import schema
 from onnx_hierarchy.core import _saving
+from onnx_hierarchy.core._progress import ProgressCallback, StageClock, StageTiming
 from onnx_hierarchy.exporting import _conversion
 from onnx_hierarchy.exporting._check import CheckResult, compare_with_torch
 from onnx_hierarchy.hf import _inputs, _module_tree, _source
-from onnx_hierarchy.hf._inputs import InputShapes
+from onnx_hierarchy.hf._shapes import InputShapes
+from onnx_hierarchy.runtime._compare import CHECK_ATOL
+from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
 from onnx_hierarchy.schema import ExportRecord, InputRecord, ModuleRecord, TagSource
 from onnx_hierarchy.tagging import _torch as _tagging
 
 _VERSIONED_PACKAGES = ("onnx-hierarchy", "torch", "transformers", "onnx", "onnx-ir", "onnxscript", "onnxruntime")
-
-
-@dataclass(frozen=True)
-class StageEvent:
-    """A stage started (``seconds is None``) or finished after ``seconds``."""
-
-    stage: str
-    seconds: float | None = None
-
-
-ProgressCallback = Callable[[StageEvent], None]
-
-
-@dataclass(frozen=True)
-class StageTiming:
-    stage: str
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -114,9 +97,10 @@ def export(
     opset: int | None = None,
     seed: int = 0,
     check: bool = True,
-    atol: float = 1e-4,
+    atol: float = CHECK_ATOL,
     keep_stack_traces: bool = False,
     sidecar: bool = False,
+    policy: SessionPolicy = DEFAULT_POLICY,
     progress: ProgressCallback | None = None,
 ) -> ExportResult:
     """Exports a Hugging Face model to ONNX with every node tagged by its ``nn.Module``.
@@ -137,14 +121,15 @@ def export(
         atol: Largest absolute difference the check accepts.
         keep_stack_traces: Keep ``pkg.torch.onnx.stack_trace``, which holds local file paths.
         sidecar: Also write ``OUTPUT.hierarchy.json`` with the tree and the node -> module map.
-        progress: Called when each stage starts and finishes.
+        policy: How the check's ONNX Runtime session is made.
+        progress: Told when each stage (load, trace, convert, tag, save, check) starts and finishes.
 
     Raises:
         HierarchyError: A subclass naming what was wrong with the input; nothing is written.
     """
     output = Path(output)
     _saving.check_writable(output)
-    clock = _StageClock(progress)
+    clock = StageClock(progress)
     notes: list[str] = []
 
     with clock("load"):
@@ -195,7 +180,7 @@ def export(
     check_result = None
     if check and not structure_only:
         with clock("check"):
-            check_result = compare_with_torch(output, torch_model, inputs.tensors, record.outputs, atol)
+            check_result = compare_with_torch(output, torch_model, inputs.tensors, record.outputs, atol, policy)
 
     return ExportResult(
         output=output,
@@ -210,25 +195,6 @@ def export(
         warnings=tuple(notes),
         check=check_result,
     )
-
-
-class _StageClock:
-    """Times stages and reports them to the progress callback."""
-
-    def __init__(self, progress: ProgressCallback | None) -> None:
-        self.progress = progress
-        self.timings: list[StageTiming] = []
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        if self.progress:
-            self.progress(StageEvent(stage))
-        start = time.perf_counter()
-        yield
-        seconds = time.perf_counter() - start
-        self.timings.append(StageTiming(stage, seconds))
-        if self.progress:
-            self.progress(StageEvent(stage, seconds))
 
 
 def _export_record(

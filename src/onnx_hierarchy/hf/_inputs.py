@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from onnx_hierarchy.errors import InputSpecError
+from onnx_hierarchy.hf._shapes import InputShapes
 
 _DTYPES = {
     "int64": torch.int64,
@@ -27,21 +28,6 @@ _DTYPES = {
 }
 _DEFAULT_IMAGE_SIZE = 224
 _SAMPLES_PER_TOKEN = 320  # wav2vec2-style feature extractors downsample raw audio by 320
-
-
-@dataclass(frozen=True)
-class InputShapes:
-    """Sizes of generated dummy inputs.
-
-    Attributes:
-        batch_size: Batch axis of every input.
-        sequence_length: Token axis of text inputs (and of raw audio, in frames of 320 samples).
-        image_size: Height and width of images; ``None`` takes the config's ``image_size``.
-    """
-
-    batch_size: int = 2
-    sequence_length: int = 16
-    image_size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,18 +24,17 @@ from onnx_hierarchy import schema
 from onnx_hierarchy.core import _saving
 from onnx_hierarchy.core._boundary import Boundary
 from onnx_hierarchy.core._hierarchy import within
+from onnx_hierarchy.core._progress import ProgressCallback, StageClock, StageEvent
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.core._traversal import nested_nodes
 from onnx_hierarchy.errors import ExtractionError, OutputError
-from onnx_hierarchy.runtime import _runtime
+from onnx_hierarchy.runtime import _compare, _feeds, _session
+from onnx_hierarchy.runtime._compare import PIECE_ATOL
+from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
 from onnx_hierarchy.schema import PieceRecord
 
-__all__ = ["DEFAULT_ATOL", "ExtractResult", "Piece", "PieceCheck", "SkippedModule", "extract", "extract_all"]
+__all__ = ["ExtractResult", "Piece", "PieceCheck", "SkippedModule", "extract", "extract_all"]
 
-# A piece must reproduce the whole model's values to this absolute difference to pass.
-DEFAULT_ATOL = 1e-6
-
-ProgressCallback = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -163,8 +161,10 @@ def extract(
     *,
     call: int | None = None,
     check: bool = False,
-    atol: float = DEFAULT_ATOL,
+    atol: float = PIECE_ATOL,
     inputs: str | os.PathLike[str] | None = None,
+    policy: SessionPolicy = DEFAULT_POLICY,
+    progress: ProgressCallback | None = None,
 ) -> ExtractResult:
     """Writes one module of a tagged model as a standalone ONNX model.
 
@@ -176,6 +176,8 @@ def extract(
         check: Run the whole model and the piece in ONNX Runtime and compare the piece's outputs.
         atol: Largest absolute difference a checked piece may have.
         inputs: ``.npz`` file with the model's inputs for the check; generated when omitted.
+        policy: How ONNX Runtime sessions of the check are made.
+        progress: Told when each stage (read, write, check) starts and finishes.
 
     Raises:
         ModelFileError: The model is unreadable or carries no hierarchy tags.
@@ -184,11 +186,15 @@ def extract(
         OutputError: ``output`` cannot be written.
     """
     output = Path(output)
-    source = _Cutter(Path(model))
-    cut = source.cut(module, call)  # bad modules and calls fail here, before any folder is created
+    clock = StageClock(progress)
+    with clock("read"):
+        source = _Cutter(Path(model))
+        cut = source.cut(module, call)  # bad modules and calls fail here, before any folder is created
     source.check_output(output)
-    pieces = (source.write(cut, output),)
-    return _finish(source.source, pieces, (), check, atol, inputs)
+    with clock("write"):
+        pieces = (source.write(cut, output),)
+    with clock("check"):
+        return _finish(source.source, pieces, (), check, atol, inputs, policy)
 
 
 def extract_all(
@@ -199,8 +205,9 @@ def extract_all(
     depth: int | None = None,
     cls: str | None = None,
     check: bool = False,
-    atol: float = DEFAULT_ATOL,
+    atol: float = PIECE_ATOL,
     inputs: str | os.PathLike[str] | None = None,
+    policy: SessionPolicy = DEFAULT_POLICY,
     progress: ProgressCallback | None = None,
 ) -> ExtractResult:
     """Writes every selected module with nodes as ``OUTPUT_DIR/<module path>.onnx`` (the root: ``root.onnx``).
@@ -213,7 +220,9 @@ def extract_all(
         ModelFileError, UnknownModuleError, OutputError: As :func:`extract`.
     """
     output_dir = Path(output_dir)
-    source = _Cutter(Path(model))
+    clock = StageClock(progress)
+    with clock("read"):
+        source = _Cutter(Path(model))
     selected = source.hierarchy.select(pattern, cls, depth)
     with_nodes = source.source.with_nodes
     skipped = tuple(SkippedModule(p, "no nodes in the graph") for p in selected if p not in with_nodes)
@@ -226,13 +235,12 @@ def extract_all(
     for cut in cuts:
         source.check_output(output_dir / _file_name(cut.module))
     pieces = []
-    for number, cut in enumerate(cuts, 1):
-        if progress:
-            progress(f"writing {number}/{len(cuts)}: {cut.module or '(root)'}")
-        pieces.append(source.write(cut, output_dir / _file_name(cut.module)))
-    if check and progress:
-        progress(f"checking {len(pieces)} pieces")
-    return _finish(source.source, tuple(pieces), skipped, check, atol, inputs)
+    with clock("write"):
+        for number, cut in enumerate(cuts, 1):
+            clock.report(StageEvent("write", detail=f"{number}/{len(cuts)}: {cut.module or '(root)'}"))
+            pieces.append(source.write(cut, output_dir / _file_name(cut.module)))
+    with clock("check"):
+        return _finish(source.source, tuple(pieces), skipped, check, atol, inputs, policy)
 
 
 def _file_name(module: str) -> str:
@@ -400,35 +408,36 @@ def _finish(
     check: bool,
     atol: float,
     inputs: str | os.PathLike[str] | None,
+    policy: SessionPolicy,
 ) -> ExtractResult:
     if not check:
         return ExtractResult(source.path, pieces, skipped)
     if source.structure_only:
         note = "not checked: a structure-only model has no weights to run"
         return ExtractResult(source.path, pieces, skipped, check_note=note)
-    feeds = _runtime.model_feeds(source.proto, source.record, inputs)
+    feeds = _feeds.model_feeds(source.proto, source.record, inputs)
     boundary = [name for piece in pieces for name in (*piece.inputs, *piece.outputs)]
     try:
-        values = _runtime.run(source.proto, source.path.parent, feeds, boundary)
-    except _runtime.RuntimeFailure as failure:
+        values = _session.run(source.proto, source.path.parent, feeds, boundary, policy)
+    except _session.RuntimeFailure as failure:
         return ExtractResult(source.path, pieces, skipped, check_note=f"not checked: {failure}")
-    return ExtractResult(source.path, pieces, skipped, tuple(_check_piece(p, values, atol) for p in pieces))
+    return ExtractResult(source.path, pieces, skipped, tuple(_check_piece(p, values, atol, policy) for p in pieces))
 
 
-def _check_piece(piece: Piece, values: dict[str, Any], atol: float) -> PieceCheck:
+def _check_piece(piece: Piece, values: dict[str, Any], atol: float, policy: SessionPolicy) -> PieceCheck:
     try:
         onnx.checker.check_model(os.fspath(piece.output), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         return PieceCheck(piece.module, piece.call, math.inf, atol, f"onnx.checker: {str(error).splitlines()[0]}")
     try:
-        runner = _runtime.session(piece.output)
+        runner = _session.session(piece.output, policy=policy)
         got = runner.run(list(piece.outputs), {name: values[name] for name in piece.inputs})
-    except _runtime.RuntimeFailure as failure:
+    except _session.RuntimeFailure as failure:
         return PieceCheck(piece.module, piece.call, math.inf, atol, str(failure))
     except Exception as error:  # onnxruntime's own exception types
         return PieceCheck(piece.module, piece.call, math.inf, atol, f"ONNX Runtime: {str(error).splitlines()[0]}")
     diff = max(
-        (_runtime.max_abs_diff(values[name], got_value) for name, got_value in zip(piece.outputs, got, strict=True)),
+        (_compare.max_abs_diff(values[name], got_value) for name, got_value in zip(piece.outputs, got, strict=True)),
         default=0.0,
     )
     return PieceCheck(piece.module, piece.call, diff, atol)

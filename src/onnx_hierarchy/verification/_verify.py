@@ -16,9 +16,10 @@ Nothing is paired by closeness of values, so a wrong number can never be hidden 
 from __future__ import annotations
 
 import collections
+import enum
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,14 +29,17 @@ import onnx
 
 from onnx_hierarchy import schema
 from onnx_hierarchy.core._hierarchy import Hierarchy
+from onnx_hierarchy.core._progress import ProgressCallback, StageClock
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.errors import InputSpecError, ModelFileError, ModelSourceError, summarize
-from onnx_hierarchy.runtime import _runtime
+from onnx_hierarchy.runtime import _compare, _feeds, _session
+from onnx_hierarchy.runtime._compare import VERIFY_ATOL, VERIFY_RTOL
+from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CallComparison", "Status", "VerifyResult", "verify"]
+__all__ = ["CallComparison", "CallStatus", "VerifyResult", "verify"]
 
 # Files one of which a checkpoint folder with a tokenizer holds.
 _TOKENIZER_FILES = (
@@ -48,14 +52,11 @@ _TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
 )
 
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-3
 
-ProgressCallback = Callable[[str], None]
 CallKey = tuple[str, int]
 
 
-class Status:
+class CallStatus(str, enum.Enum):
     """Outcomes of one module call."""
 
     OK = "ok"
@@ -71,7 +72,7 @@ class CallComparison:
         module: Module path (``""`` for the root).
         cls: Class name.
         call: Which call (0-based) of a module that ran more than once; ``None`` if it ran once.
-        status: One of :class:`Status`'s values.
+        status: How the call compared.
         max_abs_error: Largest ``|onnx - expected|`` over the compared values.
         max_rel_error: Largest ``|onnx - expected| / |expected|`` over elements where ``|expected| > atol``.
         values: ONNX value names compared (one per paired output).
@@ -81,7 +82,7 @@ class CallComparison:
     module: str
     cls: str
     call: int | None
-    status: str
+    status: CallStatus
     max_abs_error: float | None = None
     max_rel_error: float | None = None
     values: tuple[str, ...] = ()
@@ -92,7 +93,7 @@ class CallComparison:
             "module": self.module,
             "class": self.cls,
             "call": self.call,
-            "status": self.status,
+            "status": self.status.value,
             "max_abs_error": self.max_abs_error,
             "max_rel_error": self.max_rel_error,
             "values": list(self.values),
@@ -126,11 +127,11 @@ class VerifyResult:
 
     @property
     def compared(self) -> int:
-        return sum(c.status != Status.NOT_COMPARABLE for c in self.calls)
+        return sum(c.status != CallStatus.NOT_COMPARABLE for c in self.calls)
 
     @property
     def over_tolerance(self) -> list[CallComparison]:
-        return [c for c in self.calls if c.status == Status.OVER]
+        return [c for c in self.calls if c.status == CallStatus.OVER]
 
     @property
     def first_over_tolerance(self) -> CallComparison | None:
@@ -167,8 +168,9 @@ def verify(
     reference: str | os.PathLike[str] | None = None,
     inputs: str | os.PathLike[str] | None = None,
     text: str | None = None,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
+    atol: float = VERIFY_ATOL,
+    rtol: float = VERIFY_RTOL,
+    policy: SessionPolicy = DEFAULT_POLICY,
     progress: ProgressCallback | None = None,
 ) -> VerifyResult:
     """Compares every module call of an exported model with PyTorch, or with a reference ONNX model.
@@ -183,42 +185,45 @@ def verify(
         text: Text to tokenize with the source checkpoint's tokenizer, for text models.
         atol: Absolute tolerance.
         rtol: Relative tolerance.
-        progress: Called with a short description of each step.
+        policy: How ONNX Runtime sessions are made.
+        progress: Told when each stage (read, build, torch, reference, onnx) starts and finishes.
 
     Raises:
         ModelFileError: A model is unreadable, untagged, or structure-only.
         ModelSourceError: No source recorded and none given, or the source is another architecture.
         InputSpecError: Inputs of the wrong names or shapes, or text for a source without a tokenizer.
     """
-    report = progress or (lambda _message: None)
-    target = _TaggedModel.read(Path(model))
-    record = target.record
-    if reference is not None:
-        other = _TaggedModel.read(Path(reference))
-        if record is not None and other.record is not None and record.model_type != other.record.model_type:
+    clock = StageClock(progress)
+    with clock("read"):
+        target = _Side.read(Path(model))
+        other = _Side.read(Path(reference)) if reference is not None else None
+    record = target.model.record
+    if other is not None:
+        if record is not None and other.model.record is not None and record.model_type != other.model.record.model_type:
             raise ModelSourceError(
-                f"{other.path.name} is a {other.record.model_type} model, but {target.path.name} a "
+                f"{other.model.path.name} is a {other.model.record.model_type} model, but {target.model.path.name} a "
                 f"{record.model_type} one; compare two exports of the same source"
             )
-        feeds = _feeds(target.proto, record, inputs, text, None)
-        report("running both ONNX models")
-        expected = other.run(feeds, also=target.model.produced)
-        actual = target.run(feeds)
+        feeds = _inputs_for(target.model.proto, record, inputs, text, None)
+        with clock("reference"):
+            expected = other.run(feeds, policy, also=target.model.produced)
+        with clock("onnx"):
+            actual = target.run(feeds, policy)
         calls = _compare_onnx(target, other, actual, expected, atol, rtol)
         return VerifyResult(
-            target.path, str(reference), atol, rtol, tuple(calls), _shapes(feeds), parents=target.parents()
+            target.model.path, str(reference), atol, rtol, tuple(calls), _shapes(feeds), parents=target.parents()
         )
 
-    report("building the PyTorch model")
-    torch_model, spec, warnings = _torch_model(target, record, source)
-    feeds = _feeds(target.proto, record, inputs, text, spec)
-    report("running PyTorch with module hooks")
-    recorded, input_identities = _record_calls(torch_model, feeds)
-    report("running ONNX Runtime")
-    actual = target.run(feeds)
+    with clock("build"):
+        torch_model, spec, warnings = _torch_model(target.model, record, source)
+        feeds = _inputs_for(target.model.proto, record, inputs, text, spec)
+    with clock("torch"):
+        recorded, input_identities = _record_calls(torch_model, feeds)
+    with clock("onnx"):
+        actual = target.run(feeds, policy)
     calls = _compare_torch(target, recorded, input_identities, actual, atol, rtol)
     return VerifyResult(
-        target.path,
+        target.model.path,
         f"PyTorch ({spec})",
         atol,
         rtol,
@@ -234,47 +239,33 @@ def _shapes(feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
 
 
 @dataclass
-class _TaggedModel:
-    """A tagged ONNX model and, per module call, the values that leave it."""
+class _Side:
+    """One side of a comparison: a tagged ONNX model and, per module call, the values that leave it."""
 
     model: TaggedModel
     boundaries: _Boundaries
 
     @classmethod
-    def read(cls, path: Path) -> _TaggedModel:
+    def read(cls, path: Path) -> _Side:
         model = TaggedModel.read(path, "to tag it, then verify")
         if model.structure_only:
             raise ModelFileError(f"{path}: a structure-only export has no weights to run; export it with weights")
         return cls(model, _call_boundaries(model.hierarchy))
 
-    @property
-    def path(self) -> Path:
-        return self.model.path
-
-    @property
-    def proto(self) -> onnx.ModelProto:
-        return self.model.proto
-
-    @property
-    def hierarchy(self) -> Hierarchy:
-        return self.model.hierarchy
-
-    @property
-    def record(self) -> schema.ExportRecord | None:
-        return self.model.record
-
     def parents(self) -> dict[str, str | None]:
-        return {path: record.parent for path, record in self.hierarchy.modules.items()}
+        return {path: record.parent for path, record in self.model.hierarchy.modules.items()}
 
-    def run(self, feeds: Mapping[str, np.ndarray], also: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    def run(
+        self, feeds: Mapping[str, np.ndarray], policy: SessionPolicy, also: Iterable[str] = ()
+    ) -> dict[str, np.ndarray]:
         """Runs the model once, with every value leaving a module call exposed, and those of ``also`` that
         the model computes."""
         names = [name for names in self.boundaries.outputs.values() for name in names]
         names += sorted(set(also) & self.model.produced)
         try:
-            return _runtime.run(self.proto, self.path.parent, feeds, names)
-        except _runtime.RuntimeFailure as failure:
-            raise ModelFileError(f"{self.path}: {failure}") from failure
+            return _session.run(self.model.proto, self.model.path.parent, feeds, names, policy)
+        except _session.RuntimeFailure as failure:
+            raise ModelFileError(f"{self.model.path}: {failure}") from failure
 
 
 @dataclass(frozen=True)
@@ -301,7 +292,7 @@ def _call_boundaries(hierarchy: Hierarchy) -> _Boundaries:
 
 
 def _torch_model(
-    target: _TaggedModel, record: schema.ExportRecord | None, source: str | None
+    target: TaggedModel, record: schema.ExportRecord | None, source: str | None
 ) -> tuple[torch.nn.Module, str, list[str]]:
     from onnx_hierarchy.hf import _source
 
@@ -339,7 +330,7 @@ def _torch_model(
     return torch_model, spec, warnings
 
 
-def _check_architecture(target: _TaggedModel, torch_model: torch.nn.Module, spec: str) -> None:
+def _check_architecture(target: TaggedModel, torch_model: torch.nn.Module, spec: str) -> None:
     """The PyTorch model must have every module the ONNX model's nodes name, with the same class."""
     classes = {path: type(module).__name__ for path, module in torch_model.named_modules(remove_duplicate=False)}
     tagged = {n.module for n in target.hierarchy.node_list}
@@ -361,7 +352,7 @@ def _check_architecture(target: _TaggedModel, torch_model: torch.nn.Module, spec
         )
 
 
-def _feeds(
+def _inputs_for(
     proto: onnx.ModelProto,
     record: schema.ExportRecord | None,
     inputs: str | os.PathLike[str] | None,
@@ -372,7 +363,7 @@ def _feeds(
         raise InputSpecError("give --inputs or --text, not both")
     if text is not None:
         return _tokenized(proto, text, spec or (record.source if record else None))
-    return _runtime.model_feeds(proto, record, inputs)
+    return _feeds.model_feeds(proto, record, inputs)
 
 
 def _tokenized(proto: onnx.ModelProto, text: str, spec: str | None) -> dict[str, np.ndarray]:
@@ -460,7 +451,7 @@ def _identity(tensor: torch.Tensor) -> tuple[Any, ...]:
 
 
 def _compare_torch(
-    target: _TaggedModel,
+    target: _Side,
     recorded: Sequence[_TorchCall],
     input_identities: Mapping[tuple[Any, ...], str],
     actual: Mapping[str, np.ndarray],
@@ -468,7 +459,7 @@ def _compare_torch(
     rtol: float,
 ) -> list[CallComparison]:
     boundaries = target.boundaries
-    modules = target.hierarchy.modules
+    modules = target.model.hierarchy.modules
     # Pass 1: outputs paired by shape and element kind, remembering which ONNX value each PyTorch tensor is.
     # (Not inputs: when the optimizer fuses nodes across modules, a module's ONNX inputs are not its
     # PyTorch inputs; Conv fused into the next BatchNorm reads the Conv's input.)
@@ -491,11 +482,11 @@ def _compare_torch(
         call = torch_call.call if record is not None and record.calls > 1 else None
         if not torch_call.outputs and not torch_call.identities:
             reason = "one module instance registered under several names: its calls cannot be told apart"
-            results.append(CallComparison(module, cls, None, Status.NOT_COMPARABLE, reason=reason))
+            results.append(CallComparison(module, cls, None, CallStatus.NOT_COMPARABLE, reason=reason))
             continue
         if record is None:
             reason = "module not in the ONNX model's module tree"
-            results.append(CallComparison(module, cls, call, Status.NOT_COMPARABLE, reason=reason))
+            results.append(CallComparison(module, cls, call, CallStatus.NOT_COMPARABLE, reason=reason))
             continue
         pairs: list[tuple[str, np.ndarray]] = []
         unpaired = []
@@ -556,7 +547,7 @@ def _compared(
             )
         else:
             reason = "no nodes in the ONNX graph, and its output is not the output of another module call"
-        return CallComparison(module, cls, call, Status.NOT_COMPARABLE, reason=reason)
+        return CallComparison(module, cls, call, CallStatus.NOT_COMPARABLE, reason=reason)
     abs_error = rel_error = 0.0
     within = True
     for name, expected in pairs:
@@ -564,13 +555,13 @@ def _compared(
         abs_error, rel_error = max(abs_error, errors[0]), max(rel_error, errors[1])
         within = within and errors[2]
     partial = f"{len(unpaired)} output(s) without an ONNX value" if unpaired else None
-    status = Status.OK if within else Status.OVER
+    status = CallStatus.OK if within else CallStatus.OVER
     return CallComparison(module, cls, call, status, abs_error, rel_error, tuple(n for n, _ in pairs), partial)
 
 
 def _errors(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> tuple[float, float, bool]:
     """(max abs error, max rel error where ``|expected| > atol``, within ``atol + rtol * |expected|``)."""
-    diff = _runtime.abs_diff(np.asarray(expected), np.asarray(actual))
+    diff = _compare.abs_diff(np.asarray(expected), np.asarray(actual))
     if diff is None:
         return math.inf, math.inf, False
     if not diff.size:
@@ -584,8 +575,8 @@ def _errors(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) 
 
 
 def _compare_onnx(
-    target: _TaggedModel,
-    other: _TaggedModel,
+    target: _Side,
+    other: _Side,
     actual: Mapping[str, np.ndarray],
     expected: Mapping[str, np.ndarray],
     atol: float,
@@ -601,16 +592,16 @@ def _compare_onnx(
     results = []
     for key in target.boundaries.order:
         module, call_index = key
-        record = target.hierarchy.modules[module]
+        record = target.model.hierarchy.modules[module]
         call = call_index if record.calls > 1 else None
         mine = target.boundaries.outputs.get(key, [])
         if not mine:
             reason = "returns nothing the graph reads"
-            results.append(CallComparison(module, record.cls, call, Status.NOT_COMPARABLE, reason=reason))
+            results.append(CallComparison(module, record.cls, call, CallStatus.NOT_COMPARABLE, reason=reason))
             continue
-        if module not in other.hierarchy.modules:
-            reason = f"no module {module or '(root)'} in {other.path.name}"
-            results.append(CallComparison(module, record.cls, call, Status.NOT_COMPARABLE, reason=reason))
+        if module not in other.model.hierarchy.modules:
+            reason = f"no module {module or '(root)'} in {other.model.path.name}"
+            results.append(CallComparison(module, record.cls, call, CallStatus.NOT_COMPARABLE, reason=reason))
             continue
         theirs = [name for name in other.boundaries.outputs.get(key, []) if name not in mine]
         pairs = []

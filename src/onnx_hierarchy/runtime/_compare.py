@@ -1,0 +1,38 @@
+"""Comparing arrays, and the default tolerances of every comparison onnx-hierarchy makes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["CHECK_ATOL", "PIECE_ATOL", "VERIFY_ATOL", "VERIFY_RTOL", "abs_diff", "max_abs_diff"]
+
+# The export check: ONNX Runtime's outputs against PyTorch's, float32 on both sides.
+CHECK_ATOL = 1e-4
+# verify: every module call against PyTorch or a reference; a value passes when
+# |actual - expected| <= atol + rtol * |expected|.
+VERIFY_ATOL = 1e-4
+VERIFY_RTOL = 1e-3
+# extract --check: a piece run alone against the whole model's values, same runtime on both sides.
+PIECE_ATOL = 1e-6
+
+
+def abs_diff(expected: np.ndarray, actual: np.ndarray) -> np.ndarray | None:
+    """Element-wise ``|expected - actual|`` in float64, ``None`` when the shapes differ.
+
+    NaN or inf where both sides have it counts as equal (0), elsewhere as inf.
+    """
+    if expected.shape != actual.shape:
+        return None
+    want, got = np.asarray(expected, dtype=np.float64), np.asarray(actual, dtype=np.float64)
+    same = (want == got) | (np.isnan(want) & np.isnan(got))
+    with np.errstate(invalid="ignore"):  # inf - inf: decided by `same` and the line below
+        diff = np.where(same, 0.0, np.abs(want - got))
+    return np.where(np.isnan(diff), np.inf, diff)
+
+
+def max_abs_diff(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Largest absolute difference, by :func:`abs_diff`'s rules; inf when the shapes differ."""
+    diff = abs_diff(expected, actual)
+    if diff is None:
+        return float("inf")
+    return float(diff.max()) if diff.size else 0.0
