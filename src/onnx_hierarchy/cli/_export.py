@@ -13,7 +13,7 @@ from rich.table import Table
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import Output
 from onnx_hierarchy.hf._shapes import InputShapes
-from onnx_hierarchy.runtime._compare import CHECK_ATOL
+from onnx_hierarchy.runtime._tolerance import CHECK_ATOL
 
 if TYPE_CHECKING:
     from onnx_hierarchy.exporting._export import ExportResult

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import TABLE_FORMATS, Output, render_table
-from onnx_hierarchy.runtime._compare import PIECE_ATOL
+from onnx_hierarchy.runtime._tolerance import PIECE_ATOL
 
 if TYPE_CHECKING:
     from onnx_hierarchy.pieces._extract import ExtractResult

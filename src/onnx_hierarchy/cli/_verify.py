@@ -13,7 +13,7 @@ from rich.tree import Tree
 
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import Output
-from onnx_hierarchy.runtime._compare import VERIFY_ATOL, VERIFY_RTOL
+from onnx_hierarchy.runtime._tolerance import VERIFY_ATOL, VERIFY_RTOL
 
 if TYPE_CHECKING:
     from onnx_hierarchy.verification._verify import CallComparison, CallStatus, VerifyResult

@@ -83,13 +83,12 @@ def _walk(nodes: Sequence[onnx_pb.NodeProto], scope: _Scope, parent: int | None)
             continue
         index = scope.counter[0]
         scope.counter[0] += 1
-        yield ProtoNode(
-            node,
-            scope.prefix + node.name,
-            tuple(scope.rename(v) if v else "" for v in node.input),
-            tuple(scope.rename(v) if v else "" for v in node.output),
-            parent,
-        )
+        if scope.bound is None:  # the top level, nearly every node: names as they are
+            yield ProtoNode(node, node.name, tuple(node.input), tuple(node.output), parent)
+        else:
+            inputs = tuple(scope.rename(v) if v else "" for v in node.input)
+            outputs = tuple(scope.rename(v) if v else "" for v in node.output)
+            yield ProtoNode(node, scope.prefix + node.name, inputs, outputs, parent)
         for attribute in node.attribute:
             for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
                 yield from _walk(subgraph.node, scope, index)

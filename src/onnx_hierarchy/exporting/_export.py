@@ -14,12 +14,13 @@ import onnx_ir as ir
 from onnx_hierarchy import schema
 from onnx_hierarchy.core import _saving
 from onnx_hierarchy.core._progress import ProgressCallback, StageClock, StageTiming
+from onnx_hierarchy.core._traversal import ir_nodes
 from onnx_hierarchy.exporting import _conversion
 from onnx_hierarchy.exporting._check import CheckResult, compare_with_torch
 from onnx_hierarchy.hf import _inputs, _module_tree, _source
 from onnx_hierarchy.hf._shapes import InputShapes
-from onnx_hierarchy.runtime._compare import CHECK_ATOL
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
+from onnx_hierarchy.runtime._tolerance import CHECK_ATOL
 from onnx_hierarchy.schema import ExportRecord, InputRecord, ModuleRecord, TagSource
 from onnx_hierarchy.tagging import _torch as _tagging
 
@@ -251,7 +252,7 @@ def _count_tags(model: ir.Model) -> tuple[dict[str, int], int]:
     """Own nodes per module, and how many nodes in all are traced."""
     per_module: collections.Counter[str] = collections.Counter()
     traced = 0
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+    for node in ir_nodes(model):
         tag = schema.read_node_tag(node)
         per_module[tag.module if tag is not None else ""] += 1
         traced += tag is not None and tag.source is TagSource.TRACED
@@ -260,7 +261,7 @@ def _count_tags(model: ir.Model) -> tuple[dict[str, int], int]:
 
 def _sidecar(model: ir.Model, modules: list[ModuleRecord], record: ExportRecord) -> dict[str, Any]:
     nodes = []
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+    for node in ir_nodes(model):
         tag = schema.read_node_tag(node)
         if tag is not None:
             nodes.append(

@@ -29,8 +29,8 @@ from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.core._traversal import nested_nodes
 from onnx_hierarchy.errors import ExtractionError, OutputError
 from onnx_hierarchy.runtime import _compare, _feeds, _session
-from onnx_hierarchy.runtime._compare import PIECE_ATOL
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
+from onnx_hierarchy.runtime._tolerance import PIECE_ATOL
 from onnx_hierarchy.schema import PieceRecord
 
 __all__ = ["ExtractResult", "Piece", "PieceCheck", "SkippedModule", "extract", "extract_all"]

@@ -33,8 +33,8 @@ from onnx_hierarchy.core._progress import ProgressCallback, StageClock
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.errors import InputSpecError, ModelFileError, ModelSourceError, summarize
 from onnx_hierarchy.runtime import _compare, _feeds, _session
-from onnx_hierarchy.runtime._compare import VERIFY_ATOL, VERIFY_RTOL
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
+from onnx_hierarchy.runtime._tolerance import VERIFY_ATOL, VERIFY_RTOL
 
 if TYPE_CHECKING:
     import torch

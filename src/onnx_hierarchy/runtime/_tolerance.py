@@ -1,0 +1,17 @@
+"""The default tolerances of every comparison onnx-hierarchy makes, in one place.
+
+Nothing is imported here, so the command line takes its defaults from this module at no cost.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CHECK_ATOL", "PIECE_ATOL", "VERIFY_ATOL", "VERIFY_RTOL"]
+
+# The export check: ONNX Runtime's outputs against PyTorch's, float32 on both sides.
+CHECK_ATOL = 1e-4
+# verify: every module call against PyTorch or a reference; a value passes when
+# |actual - expected| <= atol + rtol * |expected|.
+VERIFY_ATOL = 1e-4
+VERIFY_RTOL = 1e-3
+# extract --check: a piece run alone against the whole model's values, same runtime on both sides.
+PIECE_ATOL = 1e-6
