@@ -192,6 +192,8 @@ class ExportRecord:
         use_cache: Whether decoders were exported with a KV cache.
         structure_only: Built on the meta device; the file holds no weights.
         versions: Library versions used for the export.
+        part: Which graph of a generation export the file holds (``model``, ``encoder_model``,
+            ``decoder_model``, ``decoder_with_past_model``); ``None`` for a plain export.
     """
 
     source: str
@@ -209,6 +211,7 @@ class ExportRecord:
     use_cache: bool
     structure_only: bool
     versions: dict[str, str]
+    part: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -221,6 +224,8 @@ class ExportRecord:
             for item in self.inputs
         ]
         data["outputs"] = list(self.outputs)
+        if self.part is None:
+            del data["part"]  # plain exports read as before the key existed
         return data
 
     @classmethod

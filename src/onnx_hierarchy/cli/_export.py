@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,10 +99,17 @@ def _render(result: ExportResult, show_tree: bool) -> Group:
     summary.add_row("model", f"{escape(record.model_class)} ({escape(record.source)}, {weights})")
     summary.add_row("modules", f"{len(result.modules)}, depth {result.depth}")
     summary.add_row("nodes", f"{result.nodes}: {result.traced} traced, {result.inferred} inferred")
-    axes = sorted({name for i in record.inputs for name in i.dynamic_axes.values()})
-    summary.add_row("inputs", ", ".join(f"{i.name}{list(i.shape)}" for i in record.inputs))
+    several = len(result.parts) > 1
+    for part in result.parts:
+        if several:
+            summary.add_row("file", f"{escape(part.output.name)}: {part.nodes} nodes")
+        indent = "  " if several else ""
+        summary.add_row(f"{indent}inputs", escape(_grouped(f"{i.name}{list(i.shape)}" for i in part.record.inputs)))
+        if part.name is not None:
+            summary.add_row(f"{indent}outputs", escape(_grouped(part.record.outputs)))
+    axes = sorted({name for p in result.parts for i in p.record.inputs for name in i.dynamic_axes.values()})
     summary.add_row("dynamic axes", ", ".join(axes) if axes else "none (static)")
-    summary.add_row("time", " · ".join(f"{s.stage} {s.seconds:.1f} s" for s in result.stages))
+    summary.add_row("time", " · ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.stage_seconds.items()))
     if result.check is not None and result.check.error is not None:
         summary.add_row("check", f"[red]failed[/]: {escape(result.check.error)}")
     elif result.check is not None:
@@ -116,3 +125,19 @@ def _render(result: ExportResult, show_tree: bool) -> Group:
 
         parts.append(module_tree(result.modules, result.module_nodes))
     return Group(*parts)  # type: ignore[arg-type]
+
+
+def _grouped(names: Iterable[str]) -> str:
+    """Names with one numbered segment each, collapsed: ``past_key_values.{0..29}.key[2, 3, 9, 64]``."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        pattern = re.sub(r"\.\d+\.", ".{}.", name, count=1)
+        groups.setdefault(pattern, []).append(name)
+    shown = []
+    for pattern, members in groups.items():
+        if len(members) == 1:
+            shown.append(members[0])
+        else:
+            numbers = [int(re.findall(r"\.(\d+)\.", m)[0]) for m in members]
+            shown.append(pattern.replace("{}", f"{{{min(numbers)}..{max(numbers)}}}", 1))
+    return ", ".join(shown)

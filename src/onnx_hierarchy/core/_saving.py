@@ -37,6 +37,33 @@ def check_writable(output: Path) -> None:
         raise OutputError(f"{output}: folder {parent} is not writable")
 
 
+def check_writable_folder(output: Path) -> None:
+    """Fails early when the folder of a multi-file export cannot be made or written."""
+    if output.suffix == ".onnx":
+        raise OutputError(
+            f"{output}: this export writes several ONNX files: give a folder, such as {output.with_suffix('')}"
+        )
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"{output}: exists and is not a folder")
+    check_writable(output / "model.onnx")
+
+
+@contextlib.contextmanager
+def staged_folder(output: Path) -> Iterator[Path]:
+    """A staging folder inside ``output`` whose files move into ``output`` only when the block succeeds.
+
+    A multi-file export (encoder and decoders) is complete or absent: a failure in its last file leaves
+    none of the others behind.
+    """
+    with _staging_folder(output / "model.onnx") as staging:
+        yield staging
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                destination = output / path.relative_to(staging)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, destination)
+
+
 def sidecar_path(output: Path) -> Path:
     """``OUTPUT.onnx`` -> ``OUTPUT.hierarchy.json``."""
     return output.with_name(f"{output.stem}.hierarchy.json")

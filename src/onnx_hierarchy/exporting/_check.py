@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,21 +48,32 @@ class CheckResult:
     def passed(self) -> bool:
         return self.error is None and self.max_abs_diff <= self.atol
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "error": self.error,
+            "atol": self.atol,
+            "max_abs_diff": self.max_abs_diff,
+            "outputs": {o.name: o.max_abs_diff for o in self.outputs},
+        }
+
 
 def compare_with_torch(
     onnx_path: Path,
     model: torch.nn.Module,
     inputs: Mapping[str, torch.Tensor],
+    feeds: Mapping[str, torch.Tensor],
     output_names: Sequence[str],
     atol: float,
     policy: SessionPolicy = DEFAULT_POLICY,
 ) -> CheckResult:
-    """Runs both models on ``inputs`` and measures the largest difference of each output."""
+    """Runs PyTorch on ``inputs`` and the ONNX model on the same tensors as ``feeds`` (by graph input name),
+    and measures the largest difference of each output."""
     with torch.no_grad():
         expected = [leaf for leaf in pytree.tree_leaves(model(**inputs)) if isinstance(leaf, torch.Tensor)]
     try:
         runner = session(onnx_path, policy=policy)
-        actual = runner.run(None, {i.name: inputs[i.name].numpy() for i in runner.get_inputs()})
+        actual = runner.run(None, {i.name: feeds[i.name].numpy() for i in runner.get_inputs()})
     except RuntimeFailure as failure:
         return CheckResult((), atol, str(failure))
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException types

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import importlib.metadata
 import os
 from dataclasses import dataclass
@@ -10,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
+import torch
 
 from onnx_hierarchy import schema
 from onnx_hierarchy.core import _saving
 from onnx_hierarchy.core._progress import ProgressCallback, StageClock, StageTiming
 from onnx_hierarchy.core._traversal import ir_nodes
+from onnx_hierarchy.errors import InputSpecError
 from onnx_hierarchy.exporting import _conversion
 from onnx_hierarchy.exporting._check import CheckResult, compare_with_torch
-from onnx_hierarchy.hf import _inputs, _module_tree, _source
+from onnx_hierarchy.hf import _generation, _inputs, _module_tree, _source
 from onnx_hierarchy.hf._shapes import InputShapes
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
 from onnx_hierarchy.runtime._tolerance import CHECK_ATOL
@@ -28,34 +31,118 @@ _VERSIONED_PACKAGES = ("onnx-hierarchy", "torch", "transformers", "onnx", "onnx-
 
 
 @dataclass(frozen=True)
-class ExportResult:
-    """What ``export`` wrote and what it found.
+class PartResult:
+    """One ONNX file of an export: the only one, or one graph of a generation export.
 
     Attributes:
-        output: The ONNX file.
-        files: Every file written (ONNX, external data, sidecar).
-        record: The export record stored in the model's ``hierarchy.export`` metadata.
-        modules: The module tree stored in ``hierarchy.modules``.
+        name: The part (``model``, ``encoder_model``, ``decoder_with_past_model``); ``None`` for a plain export.
+        output: Its ONNX file.
+        record: Its export record, as stored in the file's ``hierarchy.export``.
+        modules: Its module tree, with the calls traced in this graph.
         nodes: Number of ONNX nodes, in subgraphs too.
         traced: Nodes whose module was taken from torch's traced module stack.
-        inferred: Nodes whose module was inferred from their neighbours.
         module_nodes: Nodes tagged with each module (own nodes, not descendants').
-        stages: Time spent in each stage.
-        warnings: Things the user should know (static fallback, no KV cache, random weights).
         check: ONNX Runtime against PyTorch, when it ran.
     """
 
+    name: str | None
     output: Path
-    files: tuple[Path, ...]
     record: ExportRecord
     modules: tuple[ModuleRecord, ...]
     nodes: int
     traced: int
-    inferred: int
     module_nodes: dict[str, int]
+    check: CheckResult | None = None
+
+    @property
+    def inferred(self) -> int:
+        return self.nodes - self.traced
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "output": str(self.output),
+            "inputs": [i.name for i in self.record.inputs],
+            "outputs": list(self.record.outputs),
+            "nodes": self.nodes,
+            "traced": self.traced,
+            "inferred": self.inferred,
+            "check": None if self.check is None else self.check.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``export`` wrote and what it found.
+
+    Attributes:
+        output: The ONNX file, or the folder of a generation export with several parts.
+        files: Every file written (ONNX, external data, sidecar).
+        parts: Each ONNX file with its own record, counts and check; one for a plain export.
+        stages: Time spent in each stage.
+        warnings: Things the user should know (static fallback, no KV cache, random weights).
+    """
+
+    output: Path
+    files: tuple[Path, ...]
+    parts: tuple[PartResult, ...]
     stages: tuple[StageTiming, ...]
     warnings: tuple[str, ...] = ()
-    check: CheckResult | None = None
+
+    @property
+    def record(self) -> ExportRecord:
+        """The export record of the first part (the only one of a plain export)."""
+        return self.parts[0].record
+
+    @property
+    def modules(self) -> tuple[ModuleRecord, ...]:
+        """The module tree, each module with the most calls any part traced."""
+        calls: collections.Counter[str] = collections.Counter()
+        for part in self.parts:
+            for module in part.modules:
+                calls[module.path] = max(calls[module.path], module.calls)
+        return tuple(dataclasses.replace(m, calls=calls[m.path]) for m in self.parts[0].modules)
+
+    @property
+    def nodes(self) -> int:
+        return sum(p.nodes for p in self.parts)
+
+    @property
+    def traced(self) -> int:
+        return sum(p.traced for p in self.parts)
+
+    @property
+    def inferred(self) -> int:
+        return self.nodes - self.traced
+
+    @property
+    def module_nodes(self) -> dict[str, int]:
+        counts: collections.Counter[str] = collections.Counter()
+        for part in self.parts:
+            counts.update(part.module_nodes)
+        return dict(counts)
+
+    @property
+    def check(self) -> CheckResult | None:
+        """Every part's check as one: its outputs named ``part/output`` when there are several parts."""
+        checks = [(p.name, p.check) for p in self.parts if p.check is not None]
+        if not checks:
+            return None
+        if len(self.parts) == 1:
+            return checks[0][1]
+        outputs = tuple(
+            dataclasses.replace(o, name=f"{name}/{o.name}") for name, check in checks for o in check.outputs
+        )
+        error = next((f"{name}: {check.error}" for name, check in checks if check.error), None)
+        return CheckResult(outputs, checks[0][1].atol, error)
+
+    @property
+    def stage_seconds(self) -> dict[str, float]:
+        """Seconds per stage, summed over the parts."""
+        seconds: dict[str, float] = {}
+        for timing in self.stages:
+            seconds[timing.stage] = seconds.get(timing.stage, 0.0) + timing.seconds
+        return seconds
 
     @property
     def depth(self) -> int:
@@ -63,7 +150,7 @@ class ExportResult:
         return max((m.path.count(".") + 1 for m in self.modules if m.path), default=0)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "output": str(self.output),
             "files": [str(f) for f in self.files],
             "export": self.record.to_json(),
@@ -72,18 +159,13 @@ class ExportResult:
             "nodes": self.nodes,
             "traced": self.traced,
             "inferred": self.inferred,
-            "stages": {s.stage: round(s.seconds, 3) for s in self.stages},
+            "stages": {stage: round(seconds, 3) for stage, seconds in self.stage_seconds.items()},
             "warnings": list(self.warnings),
-            "check": None
-            if self.check is None
-            else {
-                "passed": self.check.passed,
-                "error": self.check.error,
-                "atol": self.check.atol,
-                "max_abs_diff": self.check.max_abs_diff,
-                "outputs": {o.name: o.max_abs_diff for o in self.check.outputs},
-            },
+            "check": None if self.check is None else self.check.to_json(),
         }
+        if self.parts[0].name is not None:
+            data["parts"] = [p.to_json() for p in self.parts]
+        return data
 
 
 def export(
@@ -109,12 +191,15 @@ def export(
     Args:
         model: Hub id, local checkpoint folder, or a folder / ``config.json`` without weights
             (random weights from ``seed``).
-        output: The ONNX file to write. Nothing is left there if the export fails.
+        output: The ONNX file to write; for seq2seq generation tasks, the folder of Optimum's layout
+            (``encoder_model.onnx``, ``decoder_model.onnx``, ``decoder_with_past_model.onnx``). Nothing is
+            left there if the export fails.
         task: optimum-style task or transformers class; default: ``config.architectures[0]``, else the
-            base model.
+            base model. ``text-generation-with-past`` and the other ``-with-past`` tasks export the KV cache
+            as inputs and outputs.
         structure_only: Build on the meta device: no weight is allocated or written.
         shapes: Sizes of generated dummy inputs.
-        input_spec: JSON file overriding generated inputs.
+        input_spec: JSON file overriding generated inputs (plain exports).
         dynamic: Export batch and sequence axes as dynamic (falls back to static when tracing fails).
         opset: ONNX opset; default: torch.onnx's.
         seed: Seed for random weights.
@@ -129,89 +214,152 @@ def export(
         HierarchyError: A subclass naming what was wrong with the input; nothing is written.
     """
     output = Path(output)
-    _saving.check_writable(output)
     clock = StageClock(progress)
     notes: list[str] = []
+    shapes = shapes or InputShapes()
 
     with clock("load"):
         source = _source.resolve_source(os.fspath(model))
-        task_name, model_class = _source.resolve_model_class(source.config, task)
-        cache_disabled = _source.disable_cache(source.config)
+        base_task, with_past = _generation.split_task(task)
+        task_name, model_class = _source.resolve_model_class(source.config, base_task)
+        generation = with_past or _generation.writes_folder(task_name)
+        folder = generation and _generation.writes_folder(task_name)
+        _saving.check_writable_folder(output) if folder else _saving.check_writable(output)
+        cache_disabled = not with_past and _source.disable_cache(source.config)
         torch_model, weights = _source.build_model(source, model_class, structure_only=structure_only, seed=seed)
-        inputs = _inputs.generate_inputs(torch_model, shapes or InputShapes())
-        if input_spec is not None:
-            inputs = _inputs.apply_input_spec(inputs, Path(input_spec), torch_model)
+        if generation:
+            if input_spec is not None:
+                raise InputSpecError(
+                    "--input-spec describes the inputs of plain exports; generation exports make their own"
+                )
+            parts = _generation.generation_parts(torch_model, task_name, with_past, shapes)
+        else:
+            inputs = _inputs.generate_inputs(torch_model, shapes)
+            if input_spec is not None:
+                inputs = _inputs.apply_input_spec(inputs, Path(input_spec), torch_model)
+            parts = [_generation.GraphPart(None, None, inputs, {})]
         if structure_only:
-            inputs = _inputs.ModelInputs({k: v.to("meta") for k, v in inputs.tensors.items()}, inputs.dynamic_axes)
+            parts = [dataclasses.replace(p, inputs=_on_meta(p.inputs)) for p in parts]
     if weights == "random":
         notes.append(f"{source.spec} has no weights: exported with random weights (seed {seed})")
     if cache_disabled:
-        notes.append("exported without KV cache (use_cache=False)")
+        notes.append("exported without KV cache (use_cache=False); --task ...-with-past exports it")
 
-    with clock("trace"):
-        traced = _conversion.trace(torch_model, inputs, dynamic=dynamic)
-    if traced.fallback_reason:
-        notes.append(f"{traced.fallback_reason}; exported with static shapes")
-
-    with clock("convert"):
-        onnx_program = _conversion.convert(traced, inputs, opset=opset, optimize=not structure_only)
-    onnx_model = onnx_program.model
-
-    with clock("tag"):
-        stacks = _tagging.fx_module_stacks(
-            onnx_program.exported_program,  # type: ignore[arg-type]
-            set(_module_tree.module_paths(torch_model)),
-        )
-        modules = _module_tree.module_records(torch_model, traced.calls, _tagging.traced_calls(stacks))
-        _tagging.tag_export(onnx_model, stacks, modules, keep_stack_traces=keep_stack_traces)
-        record = _export_record(
-            source, task_name, model_class, weights, seed, inputs, onnx_model, traced, structure_only
-        )
-        schema.write_model_metadata(onnx_model, modules, record)
-        module_nodes, traced_count = _count_tags(onnx_model)
-        nodes = sum(module_nodes.values())
-
-    with clock("save"):
-        if structure_only:
-            onnx_model.graph.initializers.clear()  # meta tensors hold no data to write
-        files = _saving.save_atomically(
-            onnx_model, output, sidecar=_sidecar(onnx_model, modules, record) if sidecar else None
-        )
-
-    check_result = None
-    if check and not structure_only:
-        with clock("check"):
-            check_result = compare_with_torch(output, torch_model, inputs.tensors, record.outputs, atol, policy)
-
-    return ExportResult(
-        output=output,
-        files=tuple(files),
-        record=record,
-        modules=tuple(modules),
-        nodes=nodes,
-        traced=traced_count,
-        inferred=nodes - traced_count,
-        module_nodes=module_nodes,
-        stages=tuple(clock.timings),
-        warnings=tuple(notes),
-        check=check_result,
+    settings = _Settings(
+        source=source,
+        task=task_name + (_generation.WITH_PAST_SUFFIX if with_past else ""),
+        model_class=model_class,
+        weights=weights,
+        seed=seed,
+        structure_only=structure_only,
+        dynamic=dynamic,
+        opset=opset,
+        keep_stack_traces=keep_stack_traces,
+        sidecar=sidecar,
+        check=check,
+        atol=atol,
+        policy=policy,
+        use_cache=with_past,
     )
+    if not folder:
+        result, files = _export_part(torch_model, parts[0], output, settings, clock, notes)
+        return ExportResult(output, tuple(files), (result,), tuple(clock.timings), tuple(notes))
+    results, written = [], []
+    with _saving.staged_folder(output) as staging:
+        for part in parts:
+            assert part.name is not None
+            result, files = _export_part(torch_model, part, staging / f"{part.name}.onnx", settings, clock, notes)
+            results.append(result)
+            written.extend(files)
+    moved = [output / f.relative_to(staging) for f in written]
+    placed = tuple(dataclasses.replace(r, output=output / r.output.name) for r in results)
+    return ExportResult(output, tuple(moved), placed, tuple(clock.timings), tuple(notes))
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What every part of one export shares."""
+
+    source: _source.ModelSource
+    task: str
+    model_class: _source.ModelClass
+    weights: str
+    seed: int
+    structure_only: bool
+    dynamic: bool
+    opset: int | None
+    keep_stack_traces: bool
+    sidecar: bool
+    check: bool
+    atol: float
+    policy: SessionPolicy
+    use_cache: bool
+
+
+def _export_part(
+    torch_model: torch.nn.Module,
+    part: _generation.GraphPart,
+    output: Path,
+    settings: _Settings,
+    clock: StageClock,
+    notes: list[str],
+) -> tuple[PartResult, list[Path]]:
+    """Traces, converts, tags, saves and checks one graph."""
+    inputs = part.inputs
+    with _generation.installed(torch_model, part) as model:
+        with clock("trace"):
+            traced = _conversion.trace(model, inputs, dynamic=settings.dynamic)
+        if traced.fallback_reason:
+            notes.append(f"{traced.fallback_reason}; exported with static shapes")
+
+        with clock("convert"):
+            onnx_program = _conversion.convert(
+                traced, inputs, opset=settings.opset, optimize=not settings.structure_only
+            )
+        onnx_model = onnx_program.model
+        for value in onnx_model.graph.inputs:
+            value.name = part.onnx_name(str(value.name))
+
+        with clock("tag"):
+            stacks = _tagging.fx_module_stacks(
+                onnx_program.exported_program,  # type: ignore[arg-type]
+                set(_module_tree.module_paths(model)),
+            )
+            modules = _module_tree.module_records(model, traced.calls, _tagging.traced_calls(stacks))
+            _tagging.tag_export(onnx_model, stacks, modules, keep_stack_traces=settings.keep_stack_traces)
+            record = _export_record(settings, part, onnx_model, traced)
+            schema.write_model_metadata(onnx_model, modules, record)
+            module_nodes, traced_count = _count_tags(onnx_model)
+
+        with clock("save"):
+            if settings.structure_only:
+                onnx_model.graph.initializers.clear()  # meta tensors hold no data to write
+            sidecar = _sidecar(onnx_model, modules, record) if settings.sidecar else None
+            files = _saving.save_atomically(onnx_model, output, sidecar=sidecar)
+
+        check_result = None
+        if settings.check and not settings.structure_only:
+            with clock("check"):
+                feeds = {part.onnx_name(name): tensor for name, tensor in inputs.tensors.items()}
+                check_result = compare_with_torch(
+                    output, model, inputs.tensors, feeds, record.outputs, settings.atol, settings.policy
+                )
+    nodes = sum(module_nodes.values())
+    result = PartResult(part.name, output, record, tuple(modules), nodes, traced_count, module_nodes, check_result)
+    return result, files
+
+
+def _on_meta(inputs: _inputs.ModelInputs) -> _inputs.ModelInputs:
+    return _inputs.ModelInputs({k: v.to("meta") for k, v in inputs.tensors.items()}, inputs.dynamic_axes)
 
 
 def _export_record(
-    source: _source.ModelSource,
-    task: str,
-    model_class: _source.ModelClass,
-    weights: str,
-    seed: int,
-    inputs: _inputs.ModelInputs,
-    model: ir.Model,
-    traced: _conversion.TracedModel,
-    structure_only: bool,
+    settings: _Settings, part: _generation.GraphPart, model: ir.Model, traced: _conversion.TracedModel
 ) -> ExportRecord:
     graph_inputs = {v.name: v for v in model.graph.inputs}
     records = []
-    for name, tensor in inputs.tensors.items():
+    for python_name, tensor in part.inputs.tensors.items():
+        name = part.onnx_name(python_name)
         value = graph_inputs.get(name)
         axes = {
             axis: str(dim.value)
@@ -219,22 +367,24 @@ def _export_record(
             if isinstance(dim, ir.SymbolicDim) and dim.value is not None
         }
         records.append(InputRecord(name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."), axes))
+    source = settings.source
     return ExportRecord(
         source=source.spec,
         source_kind=source.kind,
-        weights=weights,
-        seed=seed if weights == "random" else None,
-        task=task,
-        model_class=model_class.__name__,
+        weights=settings.weights,
+        seed=settings.seed if settings.weights == "random" else None,
+        task=settings.task,
+        model_class=settings.model_class.__name__,
         model_type=source.config.model_type,
         inputs=tuple(records),
         outputs=tuple(str(v.name) for v in model.graph.outputs),
         dynamic=any(r.dynamic_axes for r in records),
         dynamic_fallback=traced.fallback_reason,
         opset=model.opset_imports.get(""),
-        use_cache=False,
-        structure_only=structure_only,
+        use_cache=settings.use_cache,
+        structure_only=settings.structure_only,
         versions=_versions(),
+        part=part.name,
     )
 
 

@@ -1,0 +1,333 @@
+"""Generation-ready graphs: the model's forward rewritten to take and return its KV cache as flat tensors.
+
+torch.export can neither take nor return transformers' ``Cache`` objects, and the runtime loops people
+deploy with (Optimum's ORTModelForCausalLM and ORTModelForSeq2SeqLM, onnxruntime-genai) expect flat
+tensors in Optimum's layout: ``past_key_values.{i}.key`` in, ``present.{i}.key`` out, ``[batch, heads,
+sequence, head_dim]``. Each graph of a generation export (a *part*) installs on the model instance a
+forward that builds the cache from flat tensors, calls the model's own forward and flattens the cache it
+returns. Installing it on the instance, rather than wrapping the model in another module, keeps every
+traced module path exactly the user's (``model.layers.0.self_attn``), and the encoder and decoder parts of
+a seq2seq model keep the paths the whole model gives them (``encoder.block.0``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer, EncoderDecoderCache
+
+from onnx_hierarchy.errors import TaskError
+from onnx_hierarchy.hf._inputs import ModelInputs, generate_inputs
+from onnx_hierarchy.hf._shapes import InputShapes
+
+__all__ = [
+    "WITH_PAST_SUFFIX",
+    "GraphPart",
+    "generation_parts",
+    "installed",
+    "split_task",
+]
+
+WITH_PAST_SUFFIX = "-with-past"
+# Tasks whose models generate, each with the parts (ONNX files) its export writes, without and with past.
+GENERATIVE_TASKS = {
+    "text-generation": "decoder",
+    "text2text-generation": "seq2seq",
+    "automatic-speech-recognition": "seq2seq",
+}
+# One file per part, named as Optimum names them.
+DECODER_PART = "model"
+ENCODER_PART = "encoder_model"
+SEQ2SEQ_DECODER_PART = "decoder_model"
+SEQ2SEQ_WITH_PAST_PART = "decoder_with_past_model"
+
+Forward = Callable[..., dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class GraphPart:
+    """One graph of a generation export: what to trace and how its inputs are named in ONNX.
+
+    Attributes:
+        name: File stem, as Optimum names it (``model``, ``encoder_model``, ``decoder_with_past_model``);
+            ``None`` for the one graph of a plain export.
+        forward: The forward to install on the model while this part is traced and checked; ``None``
+            keeps the model's own.
+        inputs: Example inputs by Python parameter name, with their dynamic axes.
+        onnx_names: Python parameter name -> ONNX input name (``past_key_values_0_key`` ->
+            ``past_key_values.0.key``), for inputs whose ONNX name is not a Python identifier.
+    """
+
+    name: str | None
+    forward: Forward | None
+    inputs: ModelInputs
+    onnx_names: dict[str, str]
+
+    def onnx_name(self, name: str) -> str:
+        return self.onnx_names.get(name, name)
+
+    def python_names(self) -> dict[str, str]:
+        """ONNX input name -> Python parameter name."""
+        return {self.onnx_name(name): name for name in self.inputs.tensors}
+
+
+def split_task(task: str | None) -> tuple[str | None, bool]:
+    """``text-generation-with-past`` -> ``("text-generation", True)``."""
+    if task is not None and task.endswith(WITH_PAST_SUFFIX):
+        return task.removesuffix(WITH_PAST_SUFFIX), True
+    return task, False
+
+
+def writes_folder(task: str) -> bool:
+    """Seq2seq generation tasks write a folder of parts (encoder, decoder), as Optimum does."""
+    return GENERATIVE_TASKS.get(task) == "seq2seq"
+
+
+def generation_parts(model: torch.nn.Module, task: str, with_past: bool, shapes: InputShapes) -> list[GraphPart]:
+    """The parts a generation export of ``model`` writes.
+
+    Raises:
+        TaskError: The task does not generate, the model has no KV cache, or its cache is not a plain
+            per-layer key/value cache.
+    """
+    kind = GENERATIVE_TASKS.get(task)
+    if kind is None:
+        raise TaskError(f"task {task}{WITH_PAST_SUFFIX if with_past else ''} does not generate; drop -with-past")
+    config: Any = model.config
+    if not getattr(config.get_text_config(decoder=True), "use_cache", False) and not _has_cache(model):
+        raise TaskError(f"{type(model).__name__} keeps no KV cache: export it with --task {task}")
+    if kind == "decoder":
+        return [_decoder_part(model, shapes)]
+    parts = [_encoder_part(model, shapes), _seq2seq_decoder_part(model, shapes, past=False, presents=with_past)]
+    if with_past:
+        parts.append(_seq2seq_decoder_part(model, shapes, past=True, presents=True))
+    return parts
+
+
+@contextlib.contextmanager
+def installed(model: torch.nn.Module, part: GraphPart) -> Iterator[torch.nn.Module]:
+    """The model with ``part``'s forward in place of its own while the block runs."""
+    if part.forward is None:
+        yield model
+        return
+    model.forward = part.forward
+    try:
+        yield model
+    finally:
+        del model.forward
+
+
+def _has_cache(model: torch.nn.Module) -> bool:
+    return "cache" in inspect.signature(model.forward).parameters
+
+
+def _check_plain_cache(model: torch.nn.Module) -> None:
+    """Only per-layer keys and values (sliding windows included) fit Optimum's flat layout."""
+    config: Any = model.config
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception as error:  # a config transformers cannot build a cache for
+        raise TaskError(f"{type(model).__name__}: transformers builds no dynamic KV cache for it ({error})") from error
+    plain = (DynamicLayer, DynamicSlidingWindowLayer)
+    odd = sorted({type(layer).__name__ for layer in layers if type(layer) not in plain})
+    if odd:
+        raise TaskError(
+            f"{type(model).__name__} keeps a {', '.join(odd)} cache (not plain per-layer keys and values): "
+            "with-past export supports decoders whose cache is one key and one value per layer"
+        )
+
+
+def _cache_shapes(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> list[tuple[torch.Size, ...]]:
+    """Per layer, the shapes of the cache tensors one forward returns (keys, values; then cross-attention's).
+
+    Runs on the model's device, so structure-only models (on the meta device) answer too.
+    """
+    device = next(iter(model.parameters())).device
+    with torch.no_grad():
+        cache: Any = model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=True).cache
+    if isinstance(cache, EncoderDecoderCache):
+        self_layers: list[Any] = list(cache.self_attention_cache.layers)
+        cross_layers: list[Any] = list(cache.cross_attention_cache.layers)
+        pairs = zip(self_layers, cross_layers, strict=True)
+        return [(s.keys.shape, s.values.shape, c.keys.shape, c.values.shape) for s, c in pairs]
+    return [(layer.keys.shape, layer.values.shape) for layer in cache.layers]
+
+
+def _past_length(shapes: InputShapes) -> int:
+    """A past length unlike every other example size, so torch.export gives it a symbol of its own."""
+    taken = {shapes.batch_size, shapes.sequence_length, 0, 1}
+    return next(n for n in range(3, 64) if n not in taken)
+
+
+def _signature(function: Forward, names: list[str]) -> Forward:
+    function.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for name in names]
+    )
+    return function
+
+
+def _decoder_part(model: torch.nn.Module, shapes: InputShapes) -> GraphPart:
+    _check_plain_cache(model)
+    original = model.forward
+    batch, sequence, past = shapes.batch_size, shapes.sequence_length, _past_length(shapes)
+    config: Any = model.config
+    vocab = config.get_text_config(decoder=True).vocab_size
+    generator = torch.Generator().manual_seed(0)
+    probe = {"input_ids": torch.randint(0, vocab, (1, 2), generator=generator)}
+    layers = _cache_shapes(model, probe)
+    takes_positions = "position_ids" in inspect.signature(original).parameters
+
+    tensors: dict[str, torch.Tensor] = {
+        "input_ids": torch.randint(0, vocab, (batch, sequence), generator=generator),
+        "attention_mask": torch.ones(batch, past + sequence, dtype=torch.int64),
+    }
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "past_sequence + sequence"}}
+    if takes_positions:
+        tensors["position_ids"] = torch.arange(past, past + sequence).expand(batch, sequence).contiguous()
+        axes["position_ids"] = {0: "batch", 1: "sequence"}
+    onnx_names = {}
+    for index, (key_shape, value_shape) in enumerate(layers):
+        for kind, shape in (("key", key_shape), ("value", value_shape)):
+            name = f"past_key_values_{index}_{kind}"
+            tensors[name] = torch.randn(batch, shape[1], past, shape[3], generator=generator)
+            axes[name] = {0: "batch", 2: "past_sequence"}
+            onnx_names[name] = f"past_key_values.{index}.{kind}"
+    count = len(layers)
+
+    def forward(**kwargs: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        pairs = [(kwargs[f"past_key_values_{i}_key"], kwargs[f"past_key_values_{i}_value"]) for i in range(count)]
+        extra = {"position_ids": kwargs["position_ids"]} if takes_positions else {}
+        output = original(
+            input_ids=kwargs["input_ids"],
+            attention_mask=kwargs["attention_mask"],
+            cache=DynamicCache(ddp_cache_data=pairs),
+            use_cache=True,
+            **extra,
+        )
+        result = {"logits": output.logits}
+        for i, layer in enumerate(output.cache.layers):
+            result[f"present.{i}.key"] = layer.keys
+            result[f"present.{i}.value"] = layer.values
+        return result
+
+    _signature(forward, list(tensors))
+    return GraphPart(DECODER_PART, forward, ModelInputs(tensors, axes), onnx_names)
+
+
+def _encoder_part(model: torch.nn.Module, shapes: InputShapes) -> GraphPart:
+    """The encoder alone, called through the whole model so its module paths are the whole model's."""
+    whole = generate_inputs(model, shapes)
+    encoder = model.get_encoder()  # type: ignore[operator]
+    accepted = inspect.signature(encoder.forward).parameters
+    names = [name for name in whole.tensors if not name.startswith("decoder_") and name in accepted]
+    tensors = {name: whole.tensors[name] for name in names}
+    axes = {name: whole.dynamic_axes[name] for name in names if name in whole.dynamic_axes}
+
+    def forward(**kwargs: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        output = encoder(**{name: kwargs[name] for name in names})
+        return {"last_hidden_state": output.last_hidden_state}
+
+    _signature(forward, names)
+    return GraphPart(ENCODER_PART, forward, ModelInputs(tensors, axes), {})
+
+
+def _seq2seq_decoder_part(model: torch.nn.Module, shapes: InputShapes, *, past: bool, presents: bool) -> GraphPart:
+    """The decoder and head, fed the encoder's output: the first step (``past=False``) computes the
+    cross-attention keys and values (returned with ``presents``), every later step reads them from the past."""
+    original = model.forward
+    config: Any = model.config
+    whole = generate_inputs(model, shapes)
+    encoder = model.get_encoder()  # type: ignore[operator]
+    encoder_inputs = [name for name in whole.tensors if not name.startswith("decoder_")]
+    device = next(iter(model.parameters())).device
+    with torch.no_grad():
+        hidden = encoder(**{name: whole.tensors[name].to(device) for name in encoder_inputs}).last_hidden_state
+    hidden = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(2))  # a CPU example, any values
+    batch = shapes.batch_size
+    sequence = 1 if past else shapes.sequence_length
+    past_length = _past_length(shapes)
+    generator = torch.Generator().manual_seed(1)
+    vocab = config.get_text_config(decoder=True).vocab_size
+    start = getattr(config, "decoder_start_token_id", None) or 0
+    takes_mask = "attention_mask" in whole.tensors
+    layers = _cache_shapes(
+        model,
+        {
+            **{name: whole.tensors[name][:1] for name in encoder_inputs},
+            "decoder_input_ids": torch.full((1, 2), start, dtype=torch.int64),
+        },
+    )
+
+    tensors: dict[str, torch.Tensor] = {
+        "input_ids": torch.randint(0, vocab, (batch, sequence), generator=generator),
+        "encoder_hidden_states": hidden,
+    }
+    axes: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch"} if past else {0: "batch", 1: "decoder_sequence"},
+        "encoder_hidden_states": {0: "batch", 1: "encoder_sequence"} if hidden.dim() == 3 else {0: "batch"},
+    }
+    if not whole.dynamic_axes.get(encoder_inputs[0], {}).get(1):
+        axes["encoder_hidden_states"] = {0: "batch"}  # spectrograms have a fixed length: so has the encoder
+    if takes_mask:
+        tensors["encoder_attention_mask"] = whole.tensors["attention_mask"]
+        axes["encoder_attention_mask"] = {0: "batch", 1: "encoder_sequence"}
+    onnx_names = {}
+    if past:
+        for index, (self_key, self_value, cross_key, cross_value) in enumerate(layers):
+            for attention, kind, shape, length, axis in (
+                ("decoder", "key", self_key, past_length, "past_decoder_sequence"),
+                ("decoder", "value", self_value, past_length, "past_decoder_sequence"),
+                ("encoder", "key", cross_key, hidden.shape[1], axes["encoder_hidden_states"].get(1)),
+                ("encoder", "value", cross_value, hidden.shape[1], axes["encoder_hidden_states"].get(1)),
+            ):
+                name = f"past_key_values_{index}_{attention}_{kind}"
+                tensors[name] = torch.randn(batch, shape[1], length, shape[3], generator=generator)
+                axes[name] = {0: "batch", 2: axis} if axis else {0: "batch"}
+                onnx_names[name] = f"past_key_values.{index}.{attention}.{kind}"
+    count = len(layers)
+
+    def forward(**kwargs: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        if past:
+            self_pairs = [
+                (kwargs[f"past_key_values_{i}_decoder_key"], kwargs[f"past_key_values_{i}_decoder_value"])
+                for i in range(count)
+            ]
+            cross_pairs = [
+                (kwargs[f"past_key_values_{i}_encoder_key"], kwargs[f"past_key_values_{i}_encoder_value"])
+                for i in range(count)
+            ]
+            cache = EncoderDecoderCache(
+                DynamicCache(ddp_cache_data=self_pairs), DynamicCache(ddp_cache_data=cross_pairs)
+            )
+        else:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        extra = {"attention_mask": kwargs["encoder_attention_mask"]} if takes_mask else {}
+        output = original(
+            encoder_outputs=(kwargs["encoder_hidden_states"],),
+            decoder_input_ids=kwargs["input_ids"],
+            cache=cache if presents else None,
+            use_cache=presents,
+            **extra,
+        )
+        result = {"logits": output.logits}
+        if not presents:
+            return result
+        returned = output.cache
+        for i, layer in enumerate(returned.self_attention_cache.layers):
+            result[f"present.{i}.decoder.key"] = layer.keys
+            result[f"present.{i}.decoder.value"] = layer.values
+            if not past:
+                cross = returned.cross_attention_cache.layers[i]
+                result[f"present.{i}.encoder.key"] = cross.keys
+                result[f"present.{i}.encoder.value"] = cross.values
+        return result
+
+    _signature(forward, list(tensors))
+    name = SEQ2SEQ_WITH_PAST_PART if past else SEQ2SEQ_DECODER_PART
+    return GraphPart(name, forward, ModelInputs(tensors, axes), onnx_names)
+
