@@ -110,9 +110,9 @@ def generation_parts(model: torch.nn.Module, task: str, with_past: bool, shapes:
 
 
 @contextlib.contextmanager
-def installed(model: torch.nn.Module, part: GraphPart) -> Iterator[torch.nn.Module]:
+def installed(model: torch.nn.Module, part: GraphPart | None) -> Iterator[torch.nn.Module]:
     """The model with ``part``'s forward in place of its own while the block runs."""
-    if part.forward is None:
+    if part is None or part.forward is None:
         yield model
         return
     model.forward = part.forward

@@ -41,17 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CallComparison", "CallStatus", "VerifyResult", "verify"]
 
-# Files one of which a checkpoint folder with a tokenizer holds.
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
-
 
 CallKey = tuple[str, int]
 
@@ -214,11 +203,16 @@ def verify(
             target.model.path, str(reference), atol, rtol, tuple(calls), _shapes(feeds), parents=target.parents()
         )
 
+    from onnx_hierarchy.hf._generation import installed  # torch and transformers: only when compared with them
+    from onnx_hierarchy.hf._rebuild import rebuild
+
     with clock("build"):
-        torch_model, spec, warnings = _torch_model(target.model, record, source)
+        rebuilt = rebuild(target.model, source)
+        spec, warnings = rebuilt.spec, rebuilt.warnings
         feeds = _inputs_for(target.model.proto, record, inputs, text, spec)
-    with clock("torch"):
-        recorded, input_identities = _record_calls(torch_model, feeds)
+    with clock("torch"), installed(rebuilt.model, rebuilt.part) as torch_model:
+        python_names = rebuilt.part.python_names() if rebuilt.part is not None else {}
+        recorded, input_identities = _record_calls(torch_model, feeds, python_names)
     with clock("onnx"):
         actual = target.run(feeds, policy)
     calls = _compare_torch(target, recorded, input_identities, actual, atol, rtol)
@@ -291,67 +285,6 @@ def _call_boundaries(hierarchy: Hierarchy) -> _Boundaries:
     return _Boundaries(outputs, sorted(last, key=lambda k: (last[k], -len(k[0]))))
 
 
-def _torch_model(
-    target: TaggedModel, record: schema.ExportRecord | None, source: str | None
-) -> tuple[torch.nn.Module, str, list[str]]:
-    from onnx_hierarchy.hf import _source
-
-    warnings: list[str] = []
-    if source is None and record is None:
-        raise ModelSourceError(
-            f"{target.path}: records no source model; pass the checkpoint or Hub id it was exported from "
-            "with --model SOURCE"
-        )
-    spec = source if source is not None else record.source  # type: ignore[union-attr]
-    try:
-        resolved = _source.resolve_source(spec)
-    except ModelSourceError as error:
-        if source is not None:
-            raise
-        raise ModelSourceError(
-            f"{target.path.name} records its source as {spec!r}, which cannot be loaded from here ({error}); "
-            "pass it with --model SOURCE"
-        ) from error
-    model_type = resolved.config.model_type
-    if record is not None and model_type != record.model_type:
-        raise ModelSourceError(
-            f"{spec} is a {model_type} model, but {target.path.name} was exported from a {record.model_type} "
-            f"model ({record.source}); pass the source it was exported from with --model"
-        )
-    _, model_class = _source.resolve_model_class(resolved.config, record.model_class if record else None)
-    _source.disable_cache(resolved.config)
-    seed = record.seed if record is not None and record.seed is not None else 0
-    torch_model, weights = _source.build_model(resolved, model_class, structure_only=False, seed=seed)
-    if weights == "random":
-        warnings.append(f"{spec} has no weights: PyTorch model rebuilt with random weights from seed {seed}")
-    if record is not None and record.weights == "pretrained" and weights == "random":
-        warnings.append(f"{target.path.name} was exported with pretrained weights, compared here with random ones")
-    _check_architecture(target, torch_model, spec)
-    return torch_model, spec, warnings
-
-
-def _check_architecture(target: TaggedModel, torch_model: torch.nn.Module, spec: str) -> None:
-    """The PyTorch model must have every module the ONNX model's nodes name, with the same class."""
-    classes = {path: type(module).__name__ for path, module in torch_model.named_modules(remove_duplicate=False)}
-    tagged = {n.module for n in target.hierarchy.node_list}
-    for path in sorted(tagged):
-        expected = target.hierarchy.modules[path].cls
-        if path not in classes or (expected and classes[path] != expected):
-            found = f"has {classes[path]} there" if path in classes else "has no such module"
-            raise ModelSourceError(
-                f"{spec} builds {type(torch_model).__name__}, which {found}, but {target.path.name} has "
-                f"{expected} {path or '(root)'}: it is another architecture; pass the source it was exported from "
-                "with --model"
-            )
-    parameters = sum(p.numel() for p in torch_model.parameters())
-    recorded = target.hierarchy.modules[""].parameters_total
-    if recorded and parameters != recorded:
-        raise ModelSourceError(
-            f"{spec} builds a model of {parameters:,} parameters, but {target.path.name} was exported from one of "
-            f"{recorded:,}: another size of the architecture; pass the source it was exported from with --model"
-        )
-
-
 def _inputs_for(
     proto: onnx.ModelProto,
     record: schema.ExportRecord | None,
@@ -367,21 +300,9 @@ def _inputs_for(
 
 
 def _tokenized(proto: onnx.ModelProto, text: str, spec: str | None) -> dict[str, np.ndarray]:
-    import transformers
+    from onnx_hierarchy.hf._tokenizer import load_tokenizer
 
-    from onnx_hierarchy.hf import _source
-
-    if spec is None:
-        raise InputSpecError("--text needs the source checkpoint's tokenizer: pass --model SOURCE")
-    location = _source.resolve_source(spec).location
-    folder = Path(location)
-    if folder.is_dir() and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        # transformers would build an empty tokenizer (special tokens only) instead of failing
-        raise InputSpecError(f"{spec} has no tokenizer to encode --text; pass --inputs FILE.npz instead")
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(location)
-    except (OSError, ValueError, TypeError) as error:
-        raise InputSpecError(f"{spec} has no tokenizer to encode --text; pass --inputs FILE.npz instead") from error
+    tokenizer = load_tokenizer(spec, "pass --inputs FILE.npz instead")
     encoded = tokenizer(text, return_tensors="np")
     initializers = {t.name for t in proto.graph.initializer}
     wanted = [v for v in proto.graph.input if v.name not in initializers]
@@ -405,7 +326,7 @@ class _TorchCall:
 
 
 def _record_calls(
-    torch_model: torch.nn.Module, feeds: Mapping[str, np.ndarray]
+    torch_model: torch.nn.Module, feeds: Mapping[str, np.ndarray], python_names: Mapping[str, str]
 ) -> tuple[list[_TorchCall], dict[tuple[Any, ...], str]]:
     """Runs PyTorch once: every module call's tensor outputs, in the order the calls finished, and the
     identities of the input tensors (a module may return one of them unchanged)."""
@@ -435,7 +356,7 @@ def _record_calls(
     handles = [m.register_forward_hook(hook) for m in unique]
     try:
         with torch.no_grad():
-            torch_model(**tensors)
+            torch_model(**{python_names.get(name, name): tensor for name, tensor in tensors.items()})
     except Exception as error:  # the model rejects the inputs: their names or shapes do not fit
         raise InputSpecError(f"PyTorch rejects the inputs: {summarize(error)}") from error
     finally:

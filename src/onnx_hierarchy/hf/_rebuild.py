@@ -1,0 +1,109 @@
+"""Rebuilding the PyTorch model an export was made from, to run it beside the ONNX file.
+
+``verify`` and ``generate`` compare an ONNX file with PyTorch: both need the very model it came from
+(the recorded source, class and seed; the part's forward for generation exports) and need to refuse, in
+one line, a source that is another architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from onnx_hierarchy.core._tagged import TaggedModel
+from onnx_hierarchy.errors import ModelSourceError
+from onnx_hierarchy.hf import _source
+from onnx_hierarchy.hf._generation import GraphPart, generation_parts, split_task
+from onnx_hierarchy.hf._shapes import InputShapes
+
+__all__ = ["Rebuilt", "rebuild"]
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """A rebuilt PyTorch model.
+
+    Attributes:
+        model: The model, in eval mode.
+        spec: The source it was built from (Hub id or path).
+        warnings: What the user should know (random weights from a seed, weights other than exported).
+        part: The generation part the ONNX file holds, whose forward takes the file's inputs; ``None`` for
+            a plain export.
+    """
+
+    model: torch.nn.Module
+    spec: str
+    warnings: tuple[str, ...]
+    part: GraphPart | None = None
+
+
+def rebuild(target: TaggedModel, source: str | None) -> Rebuilt:
+    """The PyTorch model ``target`` was exported from: its recorded source (or ``source``), its class, the
+    recorded seed for weights the source lacks, and the forward of the part the file holds.
+
+    Raises:
+        ModelSourceError: No source recorded and none given, the recorded source moved, or the source is
+            another architecture or another size of it.
+    """
+    record = target.record
+    warnings: list[str] = []
+    if source is None and record is None:
+        raise ModelSourceError(
+            f"{target.path}: records no source model; pass the checkpoint or Hub id it was exported from "
+            "with --model SOURCE"
+        )
+    spec = source if source is not None else record.source  # type: ignore[union-attr]
+    try:
+        resolved = _source.resolve_source(spec)
+    except ModelSourceError as error:
+        if source is not None:
+            raise
+        raise ModelSourceError(
+            f"{target.path.name} records its source as {spec!r}, which cannot be loaded from here ({error}); "
+            "pass it with --model SOURCE"
+        ) from error
+    model_type = resolved.config.model_type
+    if record is not None and model_type != record.model_type:
+        raise ModelSourceError(
+            f"{spec} is a {model_type} model, but {target.path.name} was exported from a {record.model_type} "
+            f"model ({record.source}); pass the source it was exported from with --model"
+        )
+    _, model_class = _source.resolve_model_class(resolved.config, record.model_class if record else None)
+    task, with_past = split_task(record.task if record is not None else None)
+    if record is None or record.part is None:
+        _source.disable_cache(resolved.config)
+    seed = record.seed if record is not None and record.seed is not None else 0
+    torch_model, weights = _source.build_model(resolved, model_class, structure_only=False, seed=seed)
+    if weights == "random":
+        warnings.append(f"{spec} has no weights: PyTorch model rebuilt with random weights from seed {seed}")
+    if record is not None and record.weights == "pretrained" and weights == "random":
+        warnings.append(f"{target.path.name} was exported with pretrained weights, compared here with random ones")
+    _check_architecture(target, torch_model, spec)
+    part = None
+    if record is not None and record.part is not None and task is not None:
+        parts = generation_parts(torch_model, task, with_past, InputShapes())
+        part = next(p for p in parts if p.name == record.part)
+    return Rebuilt(torch_model, spec, tuple(warnings), part)
+
+
+def _check_architecture(target: TaggedModel, torch_model: torch.nn.Module, spec: str) -> None:
+    """The PyTorch model must have every module the ONNX model's nodes name, with the same class."""
+    classes = {path: type(module).__name__ for path, module in torch_model.named_modules(remove_duplicate=False)}
+    tagged = {n.module for n in target.hierarchy.node_list}
+    for path in sorted(tagged):
+        expected = target.hierarchy.modules[path].cls
+        if path not in classes or (expected and classes[path] != expected):
+            found = f"has {classes[path]} there" if path in classes else "has no such module"
+            raise ModelSourceError(
+                f"{spec} builds {type(torch_model).__name__}, which {found}, but {target.path.name} has "
+                f"{expected} {path or '(root)'}: it is another architecture; pass the source it was exported from "
+                "with --model"
+            )
+    parameters = sum(p.numel() for p in torch_model.parameters())
+    recorded = target.hierarchy.modules[""].parameters_total
+    if recorded and parameters != recorded:
+        raise ModelSourceError(
+            f"{spec} builds a model of {parameters:,} parameters, but {target.path.name} was exported from one of "
+            f"{recorded:,}: another size of the architecture; pass the source it was exported from with --model"
+        )
