@@ -26,6 +26,22 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "eos_token_id": 2,
     },
     "llama": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64},
+    "qwen2": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64},
+    "mistral": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64},
+    "phi3": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64, "pad_token_id": 0},
+    "gemma": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64, "head_dim": 16},
+    "bart": {
+        "d_model": 32,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 37,
+        "decoder_ffn_dim": 37,
+        "vocab_size": 99,
+        "max_position_embeddings": 64,
+        "decoder_start_token_id": 2,
+    },
     "t5": {
         "d_model": 32,
         "d_kv": 8,
@@ -77,6 +93,19 @@ UNTRACEABLE = ("longformer", {**_TEXT, "attention_window": 8, "max_position_embe
 
 # Architectures the export issue requires, by modality: text, decoder, encoder-decoder, vision, audio, multimodal.
 REQUIRED = ("bert", "distilbert", "albert", "gpt2", "llama", "t5", "whisper", "vit", "resnet", "clip")
+
+# Generative architectures the generation issue requires, with the task that generates with them.
+GENERATIVE = {
+    "gpt2": "text-generation",
+    "llama": "text-generation",
+    "qwen2": "text-generation",
+    "mistral": "text-generation",
+    "phi3": "text-generation",
+    "gemma": "text-generation",
+    "t5": "text2text-generation",
+    "bart": "text2text-generation",
+    "whisper": "automatic-speech-recognition",
+}
 
 
 def tiny_config(model_type: str) -> transformers.PretrainedConfig:

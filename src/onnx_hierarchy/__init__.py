@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from onnx_hierarchy.core._progress import StageEvent, StageTiming
     from onnx_hierarchy.core._tagged import TaggedModel
     from onnx_hierarchy.exporting._check import CheckResult, OutputDifference
-    from onnx_hierarchy.exporting._export import ExportResult, export
+    from onnx_hierarchy.exporting._export import ExportResult, PartResult, export
+    from onnx_hierarchy.generation._generate import Continuation, GenerateResult, generate
     from onnx_hierarchy.hf._shapes import InputShapes
     from onnx_hierarchy.inspection._dag import Dag, Edge, dag
     from onnx_hierarchy.inspection._diff import Diff, ModuleDiff, diff
@@ -38,11 +39,13 @@ __all__ = [
     "CallComparison",
     "CallStatus",
     "CheckResult",
+    "Continuation",
     "Dag",
     "Diff",
     "Edge",
     "ExportResult",
     "ExtractResult",
+    "GenerateResult",
     "Hierarchy",
     "InputShapes",
     "ModuleDiff",
@@ -51,6 +54,7 @@ __all__ = [
     "NodeInfo",
     "NodeList",
     "OutputDifference",
+    "PartResult",
     "Piece",
     "PieceCheck",
     "SessionPolicy",
@@ -68,6 +72,7 @@ __all__ = [
     "export",
     "extract",
     "extract_all",
+    "generate",
     "load",
     "nodes",
     "schema",
@@ -88,6 +93,10 @@ _LAZY = {
     "CheckResult": "onnx_hierarchy.exporting._check",
     "OutputDifference": "onnx_hierarchy.exporting._check",
     "ExportResult": "onnx_hierarchy.exporting._export",
+    "PartResult": "onnx_hierarchy.exporting._export",
+    "Continuation": "onnx_hierarchy.generation._generate",
+    "GenerateResult": "onnx_hierarchy.generation._generate",
+    "generate": "onnx_hierarchy.generation._generate",
     "export": "onnx_hierarchy.exporting._export",
     "InputShapes": "onnx_hierarchy.hf._shapes",
     "Dag": "onnx_hierarchy.inspection._dag",

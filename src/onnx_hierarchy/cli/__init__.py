@@ -12,6 +12,7 @@ from onnx_hierarchy._version import __version__
 from onnx_hierarchy.cli import _errors
 from onnx_hierarchy.cli._export import export_command
 from onnx_hierarchy.cli._extract import extract_command
+from onnx_hierarchy.cli._generate import generate_command
 from onnx_hierarchy.cli._inspect import (
     dag_command,
     diff_command,
@@ -31,7 +32,8 @@ __all__ = ["cli", "main"]
 def cli(debug: bool) -> None:
     """Export Hugging Face models to ONNX with every node tagged by the nn.Module that produced it,
     inspect any ONNX model module by module (tree, nodes, summary, dag, diff, validate), cut any module
-    out as a standalone model (extract), and compare it with PyTorch module by module (verify)."""
+    out as a standalone model (extract), compare it with PyTorch module by module (verify), and decode
+    with an exported KV cache beside transformers (generate)."""
 
 
 for command in (export_command, tree_command, nodes_command, summary_command, dag_command, diff_command):
@@ -39,6 +41,7 @@ for command in (export_command, tree_command, nodes_command, summary_command, da
 cli.add_command(validate_command)
 cli.add_command(extract_command)
 cli.add_command(verify_command)
+cli.add_command(generate_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,11 +22,11 @@ import numpy as np
 from onnx_hierarchy.core._progress import ProgressCallback, StageClock
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.errors import InputSpecError, ModelFileError
+from onnx_hierarchy.generation._limits import DEFAULT_NEW_TOKENS
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy, session
 
 __all__ = ["Continuation", "GenerateResult", "generate"]
 
-DEFAULT_NEW_TOKENS = 32
 _PURPOSE = "to tag it, then generate"
 _SEQ2SEQ_PARTS = ("encoder_model", "decoder_model", "decoder_with_past_model")
 

@@ -12,7 +12,7 @@ from onnx_hierarchy.core._proto import onnx_pb
 from onnx_hierarchy.errors import InputSpecError
 from onnx_hierarchy.schema import ExportRecord
 
-__all__ = ["dummy_feeds", "load_feeds", "model_feeds"]
+__all__ = ["dummy_feeds", "load_feeds", "model_feeds", "read_npz"]
 
 _NUMPY_TYPES = {
     onnx_pb.TensorProto.FLOAT: np.float32,
@@ -75,17 +75,26 @@ def model_feeds(
     return dummy_feeds(model, {i.name: i.shape for i in record.inputs} if record is not None else None)
 
 
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, by name.
+
+    Raises:
+        InputSpecError: The file is unreadable or not an ``.npz`` archive.
+    """
+    try:
+        with np.load(path) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as error:
+        raise InputSpecError(f"cannot read inputs from {path}: {error}") from error
+
+
 def load_feeds(path: Path, model: onnx_pb.ModelProto) -> dict[str, np.ndarray]:
     """Inputs from an ``.npz`` file, checked against the graph's inputs by name, rank and fixed sizes.
 
     Raises:
         InputSpecError: The file is unreadable, or its arrays do not fit the graph's inputs.
     """
-    try:
-        with np.load(path) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as error:
-        raise InputSpecError(f"cannot read inputs from {path}: {error}") from error
+    arrays = read_npz(path)
     initializers = {t.name for t in model.graph.initializer}
     expected = {v.name: v for v in model.graph.input if v.name not in initializers}
     unknown = sorted(set(arrays) - set(expected))

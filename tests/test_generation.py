@@ -1,0 +1,167 @@
+"""Generation exports of saved checkpoints: tags exact, ONNX Runtime equal to PyTorch, and greedy decoding
+with the exported cache giving exactly transformers' tokens."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+import torch
+import transformers
+
+import onnx_hierarchy
+from architectures import GENERATIVE, tiny_config
+from conftest import RunCli
+from onnx_hierarchy import schema
+from onnx_hierarchy.hf._source import TASKS
+from onnx_hierarchy.schema import TagSource
+
+_NEW_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """A checkpoint folder as save_pretrained writes it (config.json with "use_cache": true), per model type."""
+    made: dict[str, Path] = {}
+
+    def make(model_type: str) -> Path:
+        if model_type not in made:
+            config = tiny_config(model_type)
+            config.use_cache = True
+            # An end-of-sequence token random weights rarely pick, so that decoding runs all its tokens.
+            config.eos_token_id = config.vocab_size - 1
+            auto = getattr(transformers, TASKS[GENERATIVE[model_type]][0])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(3)
+                model = auto.from_config(config)
+            folder = tmp_path_factory.mktemp(f"checkpoint-{model_type}")
+            model.save_pretrained(folder)
+            made[model_type] = folder
+        return made[model_type]
+
+    return make
+
+
+def _prompt(model_type: str) -> dict[str, np.ndarray]:
+    if model_type == "whisper":
+        config = tiny_config(model_type)
+        shape = (1, config.num_mel_bins, 2 * config.max_source_positions)
+        return {"input_features": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    return {"input_ids": np.array([[5, 6, 7, 8, 9, 10]], dtype=np.int64)}
+
+
+def _onnx_files(output: Path) -> list[Path]:
+    return sorted(output.glob("*.onnx")) if output.is_dir() else [output]
+
+
+def _assert_tags_are_the_models(path: Path, model_paths: set[str]) -> None:
+    """Every node traced, tagged with a module path of the user's model, as torch's own scopes say."""
+    model = ir.load(path)
+    for node in model.graph:
+        tag = schema.read_node_tag(node)
+        assert tag is not None and tag.source is TagSource.TRACED, node.name
+        assert tag.module in model_paths, tag.module
+        raw = node.metadata_props.get(schema.TORCH_NAME_SCOPES_KEY)
+        if raw is not None:
+            scopes = ast.literal_eval(raw)
+            assert tag.module == (scopes[-2].split("@")[0] if len(scopes) >= 2 else ""), node.name
+
+
+@pytest.mark.parametrize("model_type", sorted(GENERATIVE))
+def test_saved_checkpoint_exports_with_past_and_generates_transformers_tokens(
+    model_type: str, checkpoint: Callable[[str], Path], tmp_path: Path
+) -> None:
+    task = GENERATIVE[model_type]
+    seq2seq = task != "text-generation"
+    output = tmp_path / ("with-past" if seq2seq else "model.onnx")
+    result = onnx_hierarchy.export(checkpoint(model_type), output, task=f"{task}-with-past")
+
+    assert result.check is not None and result.check.passed, result.check
+    names = [p.name for p in result.parts]
+    assert names == (["encoder_model", "decoder_model", "decoder_with_past_model"] if seq2seq else ["model"])
+    reference = getattr(transformers, TASKS[task][0]).from_pretrained(checkpoint(model_type))
+    model_paths = {path for path, _ in reference.named_modules(remove_duplicate=False)}
+    for path in _onnx_files(output):
+        _assert_tags_are_the_models(path, model_paths)
+        record = schema.read_export_record(ir.load(path))
+        assert record is not None and record.use_cache and record.part == path.stem
+    with_past = ir.load(output / "decoder_with_past_model.onnx" if seq2seq else output)
+    inputs = [v.name for v in with_past.graph.inputs]
+    assert "past_key_values.0.decoder.key" in inputs if seq2seq else "past_key_values.0.key" in inputs
+    outputs = [v.name for v in with_past.graph.outputs]
+    assert outputs[0] == "logits" and ("present.0.decoder.value" if seq2seq else "present.0.value") in outputs
+
+    generated = onnx_hierarchy.generate(output, inputs=_prompt(model_type), max_new_tokens=_NEW_TOKENS)
+    assert generated.identical, (generated.onnx.tokens, generated.torch.tokens)
+    assert len(generated.onnx.tokens) == _NEW_TOKENS
+
+
+@pytest.mark.parametrize("model_type", ["llama", "t5"])
+def test_saved_checkpoint_exports_without_past(
+    model_type: str, checkpoint: Callable[[str], Path], tmp_path: Path
+) -> None:
+    task = GENERATIVE[model_type]
+    output = tmp_path / ("model.onnx" if task == "text-generation" else "folder")
+    result = onnx_hierarchy.export(checkpoint(model_type), output, task=task)
+    assert result.check is not None and result.check.passed
+    assert result.inferred == 0 and not result.record.use_cache
+    expected = ["model.onnx"] if task == "text-generation" else ["decoder_model.onnx", "encoder_model.onnx"]
+    assert [p.name for p in _onnx_files(output)] == expected
+    for path in _onnx_files(output):  # no cache in, no cache out
+        model = ir.load(path)
+        names = [str(v.name) for v in [*model.graph.inputs, *model.graph.outputs]]
+        assert not any("past" in name or "present" in name for name in names)
+
+
+def test_verify_feeds_pytorch_the_same_cache(checkpoint: Callable[[str], Path], tmp_path: Path) -> None:
+    output = tmp_path / "model.onnx"
+    onnx_hierarchy.export(checkpoint("llama"), output, task="text-generation-with-past")
+    result = onnx_hierarchy.verify(output)
+    assert result.passed and result.compared == len(result.calls)
+    attention = [c for c in result.calls if c.module == "model.layers.1.self_attn"]
+    assert attention and attention[0].max_abs_error is not None and attention[0].max_abs_error < 1e-5
+
+
+def test_generation_bad_input_is_one_line_and_exit_2(
+    checkpoint: Callable[[str], Path], config_dir: Callable[[str], Path], tmp_path: Path, run_cli: RunCli
+) -> None:
+    # -with-past for a model without a cache (encoder-only)
+    bert = str(config_dir("bert"))
+    code, _, err = run_cli(["export", bert, str(tmp_path / "b.onnx"), "--task", "fill-mask-with-past"])
+    assert code == 2 and "does not generate" in err and not (tmp_path / "b.onnx").exists()
+    # a task transformers has no class for
+    code, _, err = run_cli(["export", bert, str(tmp_path / "c"), "--task", "text2text-generation"])
+    assert code == 2 and "no model class" in err
+
+    plain = tmp_path / "plain.onnx"
+    onnx_hierarchy.export(checkpoint("gpt2"), plain, task="text-generation", check=False)
+    np.savez(tmp_path / "ids.npz", input_ids=np.array([[1, 2, 3]]))
+    code, _, err = run_cli(["generate", str(plain), "--inputs", str(tmp_path / "ids.npz")])
+    assert code == 2 and "not a with-past export" in err
+
+    with_past = tmp_path / "with-past.onnx"
+    onnx_hierarchy.export(checkpoint("gpt2"), with_past, task="text-generation-with-past", check=False)
+    np.savez(tmp_path / "long.npz", input_ids=np.ones((1, 60), dtype=np.int64))  # gpt2 here has 64 positions
+    code, _, err = run_cli(["generate", str(with_past), "--inputs", str(tmp_path / "long.npz")])
+    assert code == 2 and "exceed the model's 64 positions" in err
+    code, out, err = run_cli(["generate", str(with_past), "--prompt", "hello"])
+    assert code == 2 and "no tokenizer" in err and not out
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_generate_cli_prints_both_continuations(
+    checkpoint: Callable[[str], Path], tmp_path: Path, run_cli: RunCli
+) -> None:
+    import json
+
+    output = tmp_path / "model.onnx"
+    onnx_hierarchy.export(checkpoint("qwen2"), output, task="text-generation-with-past", check=False)
+    np.savez(tmp_path / "ids.npz", **_prompt("qwen2"))
+    code, out, _ = run_cli(["generate", str(output), "--inputs", str(tmp_path / "ids.npz"), "--format", "json"])
+    data = json.loads(out)
+    assert code == 0 and data["identical"] and data["onnx"]["tokens"] == data["torch"]["tokens"]
+    assert data["onnx"]["tokens_per_second"] > 0 and len(data["onnx"]["tokens"]) == _NEW_TOKENS
