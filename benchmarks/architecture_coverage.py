@@ -507,7 +507,7 @@ def _eager_error(model_dir: str) -> str:
         source = _source.resolve_source(model_dir)
         _, model_class = _source.resolve_model_class(source.config, None)
         _source.disable_cache(source.config)
-        model, _ = _source.build_model(source, model_class, structure_only=False, seed=0)
+        model = _source.build_model(source, model_class, structure_only=False, seed=0).model
         inputs = _inputs.generate_inputs(model, _inputs.InputShapes())
         with torch.no_grad():
             model(**inputs.tensors)

@@ -66,7 +66,7 @@ def main() -> None:
 
         source = _source.resolve_source(str(folder / "bert"))
         _, model_class = _source.resolve_model_class(source.config, exported.record.model_class)
-        model, _ = _source.build_model(source, model_class, structure_only=False, seed=0)
+        model = _source.build_model(source, model_class, structure_only=False, seed=0).model
         feeds = dummy_feeds(
             onnx.load(path, load_external_data=False), {i.name: i.shape for i in exported.record.inputs}
         )

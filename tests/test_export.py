@@ -233,3 +233,21 @@ def test_saved_checkpoint_with_cache_on_exports_and_matches_pytorch(model_type: 
     assert result.record.weights == "pretrained"
     assert result.check is not None and result.check.passed, result.check
     assert result.nodes == result.traced and result.inferred == 0
+
+
+def test_a_head_the_checkpoint_lacks_is_drawn_from_the_seed_and_rebuilt_by_verify(tmp_path: Path) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        transformers.BertModel(tiny_config("bert")).save_pretrained(tmp_path / "base")
+    output = tmp_path / "classifier.onnx"
+    result = onnx_hierarchy.export(tmp_path / "base", output, task="text-classification", seed=11)
+
+    assert result.record.new_parameters == ("classifier.bias", "classifier.weight")
+    assert result.record.weights == "pretrained" and result.record.seed == 11
+    assert any("lacks 2 parameter(s)" in w and "seed 11" in w for w in result.warnings)
+    stored = schema.read_export_record(ir.load(output))
+    assert stored is not None and stored.new_parameters == result.record.new_parameters
+    verified = onnx_hierarchy.verify(output)  # the head rebuilt from the recorded seed: identical numbers
+    assert verified.passed and verified.compared == len(verified.calls)
+    classifier = next(c for c in verified.calls if c.module == "classifier")
+    assert classifier.max_abs_error is not None and classifier.max_abs_error < 1e-6

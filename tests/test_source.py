@@ -71,8 +71,9 @@ def test_random_weights_are_reproducible_and_leave_global_rng_alone(config_dir: 
 
     source = _source.resolve_source(str(config_dir("bert")))
     state = torch.random.get_rng_state()
-    first, weights = _source.build_model(source, transformers.BertModel, structure_only=False, seed=7)
-    second, _ = _source.build_model(source, transformers.BertModel, structure_only=False, seed=7)
+    built = _source.build_model(source, transformers.BertModel, structure_only=False, seed=7)
+    first, weights = built.model, built.weights
+    second = _source.build_model(source, transformers.BertModel, structure_only=False, seed=7).model
     assert weights == "random"
     assert torch.equal(torch.random.get_rng_state(), state)
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
@@ -81,7 +82,8 @@ def test_random_weights_are_reproducible_and_leave_global_rng_alone(config_dir: 
 
 def test_structure_only_allocates_nothing(config_dir: Callable[[str], Path]) -> None:
     source = _source.resolve_source(str(config_dir("llama")))
-    model, weights = _source.build_model(source, transformers.LlamaModel, structure_only=True, seed=0)
+    built = _source.build_model(source, transformers.LlamaModel, structure_only=True, seed=0)
+    model, weights = built.model, built.weights
     assert weights == "none"
     assert all(p.device.type == "meta" for p in model.parameters())
 

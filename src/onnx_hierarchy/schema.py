@@ -194,6 +194,7 @@ class ExportRecord:
         versions: Library versions used for the export.
         part: Which graph of a generation export the file holds (``model``, ``encoder_model``,
             ``decoder_model``, ``decoder_with_past_model``); ``None`` for a plain export.
+        new_parameters: Parameters the checkpoint lacked (a new head), drawn at random from ``seed``.
     """
 
     source: str
@@ -212,6 +213,7 @@ class ExportRecord:
     structure_only: bool
     versions: dict[str, str]
     part: str | None = None
+    new_parameters: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -224,8 +226,12 @@ class ExportRecord:
             for item in self.inputs
         ]
         data["outputs"] = list(self.outputs)
-        if self.part is None:
-            del data["part"]  # plain exports read as before the key existed
+        # Keys added later are left out when empty, so files without them read as before.
+        for key in ("part", "new_parameters"):
+            if not data[key]:
+                del data[key]
+            elif key == "new_parameters":
+                data[key] = list(self.new_parameters)
         return data
 
     @classmethod
@@ -240,6 +246,7 @@ class ExportRecord:
             for item in data["inputs"]
         )
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["new_parameters"] = tuple(data.get("new_parameters", ()))
         return cls(**{**fields, "inputs": inputs, "outputs": tuple(data["outputs"])})
 
 

@@ -96,6 +96,8 @@ def _render(result: ExportResult, show_tree: bool) -> Group:
     summary = Table.grid(padding=(0, 2))
     summary.add_row("output", escape(str(result.output)))
     weights = {"none": "no weights: structure only"}.get(record.weights, f"{record.weights} weights")
+    if record.new_parameters:
+        weights += f", {len(record.new_parameters)} new parameter(s) drawn from seed {record.seed}"
     summary.add_row("model", f"{escape(record.model_class)} ({escape(record.source)}, {weights})")
     summary.add_row("modules", f"{len(result.modules)}, depth {result.depth}")
     summary.add_row("nodes", f"{result.nodes}: {result.traced} traced, {result.inferred} inferred")

@@ -226,7 +226,8 @@ def export(
         folder = generation and _generation.writes_folder(task_name)
         _saving.check_writable_folder(output) if folder else _saving.check_writable(output)
         cache_disabled = not with_past and _source.disable_cache(source.config)
-        torch_model, weights = _source.build_model(source, model_class, structure_only=structure_only, seed=seed)
+        built = _source.build_model(source, model_class, structure_only=structure_only, seed=seed)
+        torch_model, weights = built.model, built.weights
         if generation:
             if input_spec is not None:
                 raise InputSpecError(
@@ -242,6 +243,12 @@ def export(
             parts = [dataclasses.replace(p, inputs=_on_meta(p.inputs)) for p in parts]
     if weights == "random":
         notes.append(f"{source.spec} has no weights: exported with random weights (seed {seed})")
+    if built.new_parameters:
+        shown = ", ".join(built.new_parameters[:3]) + (", ..." if len(built.new_parameters) > 3 else "")
+        notes.append(
+            f"{source.spec} lacks {len(built.new_parameters)} parameter(s) of {model_class.__name__} ({shown}): "
+            f"drawn at random from seed {seed}, as a new head is"
+        )
     if cache_disabled:
         notes.append("exported without KV cache (use_cache=False); --task ...-with-past exports it")
 
@@ -251,6 +258,7 @@ def export(
         model_class=model_class,
         weights=weights,
         seed=seed,
+        new_parameters=built.new_parameters,
         structure_only=structure_only,
         dynamic=dynamic,
         opset=opset,
@@ -285,6 +293,7 @@ class _Settings:
     model_class: _source.ModelClass
     weights: str
     seed: int
+    new_parameters: tuple[str, ...]
     structure_only: bool
     dynamic: bool
     opset: int | None
@@ -372,7 +381,7 @@ def _export_record(
         source=source.spec,
         source_kind=source.kind,
         weights=settings.weights,
-        seed=settings.seed if settings.weights == "random" else None,
+        seed=settings.seed if settings.weights == "random" or settings.new_parameters else None,
         task=settings.task,
         model_class=settings.model_class.__name__,
         model_type=source.config.model_type,
@@ -385,6 +394,7 @@ def _export_record(
         structure_only=settings.structure_only,
         versions=_versions(),
         part=part.name,
+        new_parameters=settings.new_parameters,
     )
 
 

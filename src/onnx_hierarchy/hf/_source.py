@@ -170,32 +170,57 @@ def _auto_class(task: str, config: transformers.PretrainedConfig) -> ModelClass:
     raise TaskError(f"task {task!r} has no model class for model_type {config.model_type!r}")
 
 
+@dataclass(frozen=True)
+class BuiltModel:
+    """A model ready to export, and how its weights were made.
+
+    Attributes:
+        model: The model, in eval mode.
+        weights: ``pretrained``, ``random`` (from the seed) or ``none`` (structure-only, meta device).
+        new_parameters: Parameters a checkpoint lacks (a new head), drawn from the seed.
+    """
+
+    model: torch.nn.Module
+    weights: str
+    new_parameters: tuple[str, ...] = ()
+
+
 def build_model(
     source: ModelSource,
     model_class: ModelClass,
     *,
     structure_only: bool,
     seed: int,
-) -> tuple[torch.nn.Module, str]:
-    """Builds the model in eval mode, returning it and how its weights were made.
+) -> BuiltModel:
+    """Builds the model in eval mode.
 
     Structure-only models live on the meta device: no weight is allocated, so any size fits in memory.
-    Random weights are drawn from ``seed`` without touching the caller's global RNG state.
+    Random weights, and the weights a checkpoint lacks for the requested head, are drawn from ``seed``
+    without touching the caller's global RNG state, so the same model can be rebuilt later.
     """
     config = source.config
     kwargs: dict[str, Any] = {"attn_implementation": "eager"}
     if source.has_weights and not structure_only:
+        # The library never prints: no progress bar, no load report (new parameters are returned instead).
         progress_bars = transformers.utils.logging.is_progress_bar_enabled()
-        transformers.utils.logging.disable_progress_bar()  # the library never prints; the CLI shows progress
+        verbosity = transformers.utils.logging.get_verbosity()
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
         try:
-            # The config passed in carries the caller's changes (cache off); config.json would undo them.
-            model = model_class.from_pretrained(source.location, config=config, dtype=torch.float32, **kwargs)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                # The config passed in carries the caller's changes (cache off); config.json would undo them.
+                loaded: Any = model_class.from_pretrained(
+                    source.location, config=config, dtype=torch.float32, output_loading_info=True, **kwargs
+                )
         except (OSError, ValueError) as error:
             raise ModelSourceError(f"{source.spec}: cannot load weights: {summarize(error)}") from error
         finally:
+            transformers.utils.logging.set_verbosity(verbosity)
             if progress_bars:
                 transformers.utils.logging.enable_progress_bar()
-        return model.eval(), "pretrained"
+        model, info = loaded
+        return BuiltModel(model.eval(), "pretrained", tuple(sorted(info.get("missing_keys") or ())))
     try:
         if structure_only:
             with torch.device("meta"):
@@ -210,7 +235,7 @@ def build_model(
         raise ModelSourceError(
             f"{source.spec}: transformers cannot build {model_class.__name__} from this config: {summarize(error)}"
         ) from error
-    return model.eval(), weights
+    return BuiltModel(model.eval(), weights)
 
 
 def disable_cache(config: transformers.PretrainedConfig) -> bool:
