@@ -57,6 +57,14 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
 
 
 @pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct, a real trained decoder with its tokenizer and chat template, as a GGUF file."""
+    from smollm2 import smollm2_gguf
+
+    return smollm2_gguf()
+
+
+@pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory, config_dir: Callable[[str], Path]) -> Callable[[str], Exported]:
     """Exports a tiny model of a model type once per session (random weights, seed 0, checked)."""
     import onnx_hierarchy

@@ -165,3 +165,14 @@ def test_generate_cli_prints_both_continuations(
     data = json.loads(out)
     assert code == 0 and data["identical"] and data["onnx"]["tokens"] == data["torch"]["tokens"]
     assert data["onnx"]["tokens_per_second"] > 0 and len(data["onnx"]["tokens"]) == _NEW_TOKENS
+
+
+@pytest.mark.slow
+def test_real_smollm2_answers_the_chat_prompt_as_transformers_does(smollm2: Path, tmp_path: Path) -> None:
+    output = tmp_path / "smollm2.onnx"
+    result = onnx_hierarchy.export(smollm2, output, task="text-generation-with-past")
+    assert result.check is not None and result.check.passed, result.check
+    assert result.inferred == 0 and result.record.weights == "pretrained" and result.record.source_kind == "gguf"
+    generated = onnx_hierarchy.generate(output, "What is the capital of France?", chat=True, max_new_tokens=32)
+    assert generated.identical, (generated.onnx.text, generated.torch.text)
+    assert generated.onnx.text is not None and "Paris" in generated.onnx.text

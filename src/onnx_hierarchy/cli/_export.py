@@ -15,7 +15,7 @@ from rich.table import Table
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import Output
 from onnx_hierarchy.hf._shapes import InputShapes
-from onnx_hierarchy.runtime._tolerance import CHECK_ATOL
+from onnx_hierarchy.runtime._tolerance import CHECK_ATOL, CHECK_RTOL
 
 if TYPE_CHECKING:
     from onnx_hierarchy.exporting._export import ExportResult
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 @click.option("--opset", type=click.IntRange(min=18), help="ONNX opset. Default: torch.onnx's.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random weights.")
 @click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime vs PyTorch comparison.")
-@click.option("--atol", type=float, default=CHECK_ATOL, show_default=True, help="Tolerance of the check.")
+@click.option("--atol", type=float, default=CHECK_ATOL, show_default=True, help="Absolute tolerance of the check.")
+@click.option("--rtol", type=float, default=CHECK_RTOL, show_default=True, help="Relative tolerance of the check.")
 @click.option("--keep-stack-traces", is_flag=True, help="Keep pkg.torch.onnx.stack_trace (holds local paths).")
 @click.option("--sidecar", is_flag=True, help="Also write OUTPUT.hierarchy.json.")
 @click.option("--tree", "show_tree", is_flag=True, help="Print the module tree after the summary.")
@@ -57,6 +58,7 @@ def export_command(
     seed: int,
     no_check: bool,
     atol: float,
+    rtol: float,
     keep_stack_traces: bool,
     sidecar: bool,
     show_tree: bool,
@@ -79,6 +81,7 @@ def export_command(
             seed=seed,
             check=not no_check,
             atol=atol,
+            rtol=rtol,
             keep_stack_traces=keep_stack_traces,
             sidecar=sidecar,
             progress=progress,
@@ -116,7 +119,9 @@ def _render(result: ExportResult, show_tree: bool) -> Group:
         summary.add_row("check", f"[red]failed[/]: {escape(result.check.error)}")
     elif result.check is not None:
         verdict = "[green]ok[/]" if result.check.passed else "[red]over tolerance[/]"
-        summary.add_row("check", f"max abs diff {result.check.max_abs_diff:.2e} (atol {result.check.atol:g}) {verdict}")
+        check = result.check
+        tolerance = f"atol {check.atol:g}, rtol {check.rtol:g}"
+        summary.add_row("check", f"max abs diff {check.max_abs_diff:.2e} ({tolerance}) {verdict}")
     elif record.structure_only:
         summary.add_row("check", "skipped: structure-only export has no weights")
     else:

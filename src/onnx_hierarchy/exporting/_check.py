@@ -12,7 +12,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from onnx_hierarchy.errors import summarize
-from onnx_hierarchy.runtime._compare import max_abs_diff
+from onnx_hierarchy.runtime._compare import errors
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, RuntimeFailure, SessionPolicy, session
 
 __all__ = ["CheckResult", "OutputDifference", "compare_with_torch"]
@@ -25,6 +25,8 @@ class OutputDifference:
     name: str
     shape: tuple[int, ...]
     max_abs_diff: float
+    max_rel_diff: float = 0.0
+    within: bool = True
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class CheckResult:
 
     outputs: tuple[OutputDifference, ...]
     atol: float
+    rtol: float = 0.0
     error: str | None = None
 
     @property
@@ -46,13 +49,15 @@ class CheckResult:
 
     @property
     def passed(self) -> bool:
-        return self.error is None and self.max_abs_diff <= self.atol
+        """Every element within ``atol + rtol * max|expected|`` (see ``runtime._compare.errors``)."""
+        return self.error is None and all(o.within for o in self.outputs)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
             "error": self.error,
             "atol": self.atol,
+            "rtol": self.rtol,
             "max_abs_diff": self.max_abs_diff,
             "outputs": {o.name: o.max_abs_diff for o in self.outputs},
         }
@@ -65,6 +70,7 @@ def compare_with_torch(
     feeds: Mapping[str, torch.Tensor],
     output_names: Sequence[str],
     atol: float,
+    rtol: float,
     policy: SessionPolicy = DEFAULT_POLICY,
 ) -> CheckResult:
     """Runs PyTorch on ``inputs`` and the ONNX model on the same tensors as ``feeds`` (by graph input name),
@@ -75,11 +81,12 @@ def compare_with_torch(
         runner = session(onnx_path, policy=policy)
         actual = runner.run(None, {i.name: feeds[i.name].numpy() for i in runner.get_inputs()})
     except RuntimeFailure as failure:
-        return CheckResult((), atol, str(failure))
+        return CheckResult((), atol, rtol, str(failure))
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
-        return CheckResult((), atol, f"ONNX Runtime could not run the model: {summarize(error)}")
+        return CheckResult((), atol, rtol, f"ONNX Runtime could not run the model: {summarize(error)}")
     differences = []
     for name, want, got in zip(output_names, expected, actual, strict=True):
         want_np = want.detach().numpy()
-        differences.append(OutputDifference(name, tuple(want_np.shape), max_abs_diff(want_np, np.asarray(got))))
-    return CheckResult(tuple(differences), atol)
+        max_abs, max_rel, within = errors(np.asarray(got), want_np, atol, rtol)
+        differences.append(OutputDifference(name, tuple(want_np.shape), max_abs, max_rel, within))
+    return CheckResult(tuple(differences), atol, rtol)

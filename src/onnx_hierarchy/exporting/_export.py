@@ -23,7 +23,7 @@ from onnx_hierarchy.exporting._check import CheckResult, compare_with_torch
 from onnx_hierarchy.hf import _generation, _inputs, _module_tree, _source
 from onnx_hierarchy.hf._shapes import InputShapes
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
-from onnx_hierarchy.runtime._tolerance import CHECK_ATOL
+from onnx_hierarchy.runtime._tolerance import CHECK_ATOL, CHECK_RTOL
 from onnx_hierarchy.schema import ExportRecord, InputRecord, ModuleRecord, TagSource
 from onnx_hierarchy.tagging import _torch as _tagging
 
@@ -134,7 +134,7 @@ class ExportResult:
             dataclasses.replace(o, name=f"{name}/{o.name}") for name, check in checks for o in check.outputs
         )
         error = next((f"{name}: {check.error}" for name, check in checks if check.error), None)
-        return CheckResult(outputs, checks[0][1].atol, error)
+        return CheckResult(outputs, checks[0][1].atol, checks[0][1].rtol, error)
 
     @property
     def stage_seconds(self) -> dict[str, float]:
@@ -181,6 +181,7 @@ def export(
     seed: int = 0,
     check: bool = True,
     atol: float = CHECK_ATOL,
+    rtol: float = CHECK_RTOL,
     keep_stack_traces: bool = False,
     sidecar: bool = False,
     policy: SessionPolicy = DEFAULT_POLICY,
@@ -204,7 +205,8 @@ def export(
         opset: ONNX opset; default: torch.onnx's.
         seed: Seed for random weights.
         check: Compare ONNX Runtime with PyTorch on the dummy inputs (skipped when structure-only).
-        atol: Largest absolute difference the check accepts.
+        atol: Absolute tolerance of the check.
+        rtol: Relative tolerance of the check: an element passes within ``atol + rtol * max|expected|``.
         keep_stack_traces: Keep ``pkg.torch.onnx.stack_trace``, which holds local file paths.
         sidecar: Also write ``OUTPUT.hierarchy.json`` with the tree and the node -> module map.
         policy: How the check's ONNX Runtime session is made.
@@ -266,6 +268,7 @@ def export(
         sidecar=sidecar,
         check=check,
         atol=atol,
+        rtol=rtol,
         policy=policy,
         use_cache=with_past,
     )
@@ -301,6 +304,7 @@ class _Settings:
     sidecar: bool
     check: bool
     atol: float
+    rtol: float
     policy: SessionPolicy
     use_cache: bool
 
@@ -351,7 +355,7 @@ def _export_part(
             with clock("check"):
                 feeds = {part.onnx_name(name): tensor for name, tensor in inputs.tensors.items()}
                 check_result = compare_with_torch(
-                    output, model, inputs.tensors, feeds, record.outputs, settings.atol, settings.policy
+                    output, model, inputs.tensors, feeds, record.outputs, settings.atol, settings.rtol, settings.policy
                 )
     nodes = sum(module_nodes.values())
     result = PartResult(part.name, output, record, tuple(modules), nodes, traced_count, module_nodes, check_result)

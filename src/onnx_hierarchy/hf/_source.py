@@ -6,9 +6,12 @@ recorded seed), or a Hub id. Errors name the argument and say what to pass inste
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,15 +55,22 @@ class ModelSource:
 
     Attributes:
         spec: The argument as given.
-        kind: ``checkpoint`` (local folder with weights), ``config`` (no weights) or ``hub``.
+        kind: ``checkpoint`` (local folder with weights), ``gguf`` (a llama.cpp GGUF file, dequantized to
+            float32 on load), ``config`` (no weights) or ``hub``.
         location: Folder, config file or Hub id that transformers loads from.
         config: The model's configuration.
+        gguf_file: The GGUF file's name inside ``location``, for ``gguf`` sources.
     """
 
     spec: str
     kind: str
     location: str
     config: transformers.PretrainedConfig
+    gguf_file: str | None = None
+
+    def pretrained_kwargs(self) -> dict[str, Any]:
+        """What ``from_pretrained`` needs besides ``location`` to read this source's files."""
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
     @property
     def has_weights(self) -> bool:
@@ -83,6 +93,8 @@ def resolve_source(spec: str) -> ModelSource:
             )
         kind = "checkpoint" if any((path / name).is_file() for name in _WEIGHT_FILES) else "config"
         return ModelSource(spec, kind, str(path), _load_local_config(config_file))
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(spec, "gguf", str(path.parent), _load_gguf_config(path), path.name)
     if path.is_file():
         return ModelSource(spec, "config", str(path), _load_local_config(path))
     if _looks_like_path(spec):
@@ -111,6 +123,23 @@ def _load_local_config(config_file: Path) -> transformers.PretrainedConfig:
             f"{config_file}: transformers {transformers.__version__} cannot build a config of "
             f"model_type {model_type!r}: {summarize(error)}"
         ) from error
+
+
+def _load_gguf_config(path: Path) -> transformers.PretrainedConfig:
+    try:
+        with _quiet_stderr():
+            return transformers.AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    except ImportError as error:
+        raise ModelSourceError(f"{path}: reading GGUF files needs the gguf package: pip install gguf") from error
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelSourceError(f"{path}: not a GGUF model transformers can read: {summarize(error)}") from error
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """transformers' GGUF reader draws its own progress bar on stderr; the library never prints."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def _special_floats(item: dict[str, Any]) -> Any:
@@ -210,10 +239,16 @@ def build_model(
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 # The config passed in carries the caller's changes (cache off); config.json would undo them.
-                loaded: Any = model_class.from_pretrained(
-                    source.location, config=config, dtype=torch.float32, output_loading_info=True, **kwargs
-                )
-        except (OSError, ValueError) as error:
+                with _quiet_stderr():
+                    loaded: Any = model_class.from_pretrained(
+                        source.location,
+                        config=config,
+                        dtype=torch.float32,
+                        output_loading_info=True,
+                        **source.pretrained_kwargs(),
+                        **kwargs,
+                    )
+        except (OSError, ValueError, ImportError) as error:
             raise ModelSourceError(f"{source.spec}: cannot load weights: {summarize(error)}") from error
         finally:
             transformers.utils.logging.set_verbosity(verbosity)

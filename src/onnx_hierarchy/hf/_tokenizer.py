@@ -33,12 +33,13 @@ def load_tokenizer(spec: str | None, instead: str) -> Any:
 
     if spec is None:
         raise InputSpecError(f"text needs the source checkpoint's tokenizer: pass --model SOURCE, or {instead}")
-    location = _source.resolve_source(spec).location
+    source = _source.resolve_source(spec)
+    location = source.location
     folder = Path(location)
-    if folder.is_dir() and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+    if source.gguf_file is None and folder.is_dir() and not any((folder / n).is_file() for n in _TOKENIZER_FILES):
         # transformers would build an empty tokenizer (special tokens only) instead of failing
         raise InputSpecError(f"{spec} has no tokenizer to encode text; {instead}")
     try:
-        return transformers.AutoTokenizer.from_pretrained(location)
+        return transformers.AutoTokenizer.from_pretrained(location, **source.pretrained_kwargs())
     except (OSError, ValueError, TypeError) as error:
         raise InputSpecError(f"{spec} has no tokenizer to encode text; {instead}") from error

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["abs_diff", "max_abs_diff"]
+__all__ = ["abs_diff", "errors", "max_abs_diff"]
 
 def abs_diff(expected: np.ndarray, actual: np.ndarray) -> np.ndarray | None:
     """Element-wise ``|expected - actual|`` in float64, ``None`` when the shapes differ.
@@ -26,3 +28,25 @@ def max_abs_diff(expected: np.ndarray, actual: np.ndarray) -> float:
     if diff is None:
         return float("inf")
     return float(diff.max()) if diff.size else 0.0
+
+
+def errors(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> tuple[float, float, bool]:
+    """(max abs error, max rel error where ``|expected| > atol``, within tolerance).
+
+    Within tolerance: every element's error at most ``atol + rtol * max|expected|``, the largest magnitude
+    of the tensor. Float32 sums taken in another order (another runtime's kernels, thirty layers deep)
+    differ by a fraction of the tensor's scale, also where an element happens to be near zero; a wrong
+    operation differs by the scale itself.
+    """
+    diff = abs_diff(np.asarray(expected), np.asarray(actual))
+    if diff is None:
+        return math.inf, math.inf, False
+    if not diff.size:
+        return 0.0, 0.0, True
+    scale = np.abs(np.asarray(expected, dtype=np.float64))
+    large = scale > atol
+    rel = float((diff[large] / scale[large]).max()) if large.any() else 0.0
+    largest = float(np.nan_to_num(scale, posinf=0.0).max())
+    with np.errstate(invalid="ignore"):
+        within = bool((diff <= atol + rtol * largest).all())
+    return float(diff.max()), rel, within

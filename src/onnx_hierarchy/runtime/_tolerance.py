@@ -5,12 +5,14 @@ Nothing is imported here, so the command line takes its defaults from this modul
 
 from __future__ import annotations
 
-__all__ = ["CHECK_ATOL", "PIECE_ATOL", "VERIFY_ATOL", "VERIFY_RTOL"]
+__all__ = ["CHECK_ATOL", "CHECK_RTOL", "PIECE_ATOL", "VERIFY_ATOL", "VERIFY_RTOL"]
 
-# The export check: ONNX Runtime's outputs against PyTorch's, float32 on both sides.
+# The export check: ONNX Runtime's outputs against PyTorch's, float32 on both sides; an element passes
+# when |onnx - torch| <= atol + rtol * max|torch| (see _compare.errors).
 CHECK_ATOL = 1e-4
+CHECK_RTOL = 1e-3
 # verify: every module call against PyTorch or a reference; a value passes when
-# |actual - expected| <= atol + rtol * |expected|.
+# |actual - expected| <= atol + rtol * max|expected|.
 VERIFY_ATOL = 1e-4
 VERIFY_RTOL = 1e-3
 # extract --check: a piece run alone against the whole model's values, same runtime on both sides.

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,7 +97,8 @@ class VerifyResult:
         model: The ONNX model verified.
         reference: What it was compared with: ``PyTorch (<source>)`` or the reference ONNX file.
         atol: Absolute tolerance.
-        rtol: Relative tolerance: a value is within tolerance when ``|onnx - expected| <= atol + rtol * |expected|``.
+        rtol: Relative tolerance: a value is within tolerance when
+            ``|onnx - expected| <= atol + rtol * max|expected|``.
         calls: One comparison per module call that ran.
         inputs: Name and shape of each input used.
         warnings: What the user should know (weights rebuilt from a seed, a source other than the recorded one).
@@ -472,27 +472,12 @@ def _compared(
     abs_error = rel_error = 0.0
     within = True
     for name, expected in pairs:
-        errors = _errors(actual[name], expected, atol, rtol)
+        errors = _compare.errors(actual[name], expected, atol, rtol)
         abs_error, rel_error = max(abs_error, errors[0]), max(rel_error, errors[1])
         within = within and errors[2]
     partial = f"{len(unpaired)} output(s) without an ONNX value" if unpaired else None
     status = CallStatus.OK if within else CallStatus.OVER
     return CallComparison(module, cls, call, status, abs_error, rel_error, tuple(n for n, _ in pairs), partial)
-
-
-def _errors(actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> tuple[float, float, bool]:
-    """(max abs error, max rel error where ``|expected| > atol``, within ``atol + rtol * |expected|``)."""
-    diff = _compare.abs_diff(np.asarray(expected), np.asarray(actual))
-    if diff is None:
-        return math.inf, math.inf, False
-    if not diff.size:
-        return 0.0, 0.0, True
-    scale = np.abs(np.asarray(expected, dtype=np.float64))
-    large = scale > atol
-    rel = float((diff[large] / scale[large]).max()) if large.any() else 0.0
-    with np.errstate(invalid="ignore"):
-        within = bool((diff <= atol + rtol * np.nan_to_num(scale, posinf=0.0)).all())
-    return float(diff.max()), rel, within
 
 
 def _compare_onnx(

