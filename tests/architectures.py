@@ -11,6 +11,15 @@ from typing import Any
 import transformers
 
 _TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37, "vocab_size": 99}
+_SEQ2SEQ = {
+    "d_model": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 37,
+    "decoder_ffn_dim": 37,
+}
 
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "bert": dict(_TEXT),
@@ -31,13 +40,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "phi3": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64, "pad_token_id": 0},
     "gemma": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64, "head_dim": 16},
     "bart": {
-        "d_model": 32,
-        "encoder_layers": 2,
-        "decoder_layers": 2,
-        "encoder_attention_heads": 2,
-        "decoder_attention_heads": 2,
-        "encoder_ffn_dim": 37,
-        "decoder_ffn_dim": 37,
+        **_SEQ2SEQ,
         "vocab_size": 99,
         "max_position_embeddings": 64,
         "decoder_start_token_id": 2,
@@ -53,13 +56,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "relative_attention_num_buckets": 8,
     },
     "whisper": {
-        "d_model": 32,
-        "encoder_layers": 2,
-        "decoder_layers": 2,
-        "encoder_attention_heads": 2,
-        "decoder_attention_heads": 2,
-        "encoder_ffn_dim": 37,
-        "decoder_ffn_dim": 37,
+        **_SEQ2SEQ,
         "num_mel_bins": 16,
         "max_source_positions": 16,
         "max_target_positions": 32,
