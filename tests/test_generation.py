@@ -120,13 +120,17 @@ def test_saved_checkpoint_exports_without_past(
         assert not any("past" in name or "present" in name for name in names)
 
 
-def test_verify_feeds_pytorch_the_same_cache(checkpoint: Callable[[str], Path], tmp_path: Path) -> None:
+def test_verify_feeds_pytorch_the_same_cache_and_pieces_reproduce_the_whole(
+    checkpoint: Callable[[str], Path], tmp_path: Path
+) -> None:
     output = tmp_path / "model.onnx"
     onnx_hierarchy.export(checkpoint("llama"), output, task="text-generation-with-past")
     result = onnx_hierarchy.verify(output)
     assert result.passed and result.compared == len(result.calls)
     attention = [c for c in result.calls if c.module == "model.layers.1.self_attn"]
     assert attention and attention[0].max_abs_error is not None and attention[0].max_abs_error < 1e-5
+    pieces = onnx_hierarchy.extract_all(output, tmp_path / "pieces", check=True)
+    assert pieces.passed and len(pieces.checks) == len(pieces.pieces) > 20
 
 
 def test_generation_bad_input_is_one_line_and_exit_2(
