@@ -520,12 +520,14 @@ def _child(
         errors.TraceError: "trace-failed",
         errors.ConversionError: "convert-failed",
         errors.ModelSourceError: "config-failed",
-        errors.TaskError: "unsupported-cache" if task == WITH_PAST_TASK else "config-failed",
+        errors.TaskError: "config-failed",
     }
     try:
         exported = onnx_hierarchy.export(model_dir, output, task=task, check=True, progress=progress)
     except errors.HierarchyError as error:
         status = next((s for cls, s in statuses.items() if isinstance(error, cls)), "crash")
+        if task == WITH_PAST_TASK and isinstance(error, errors.TaskError) and "cache" in str(error):
+            status = "unsupported-cache"  # no cache, or not one key and one value per layer
         result.update(status=status, detail=_describe(error))
         if status == "trace-failed":
             save()

@@ -99,7 +99,8 @@ def generation_parts(model: torch.nn.Module, task: str, with_past: bool, shapes:
     if kind is None:
         raise TaskError(f"task {task}{WITH_PAST_SUFFIX if with_past else ''} does not generate; drop -with-past")
     config: Any = model.config
-    if not getattr(config.get_text_config(decoder=True), "use_cache", False) and not _has_cache(model):
+    keeps_cache = getattr(config.get_text_config(decoder=True), "use_cache", False) or _has_cache(model)
+    if with_past and not keeps_cache:
         raise TaskError(f"{type(model).__name__} keeps no KV cache: export it with --task {task}")
     if kind == "decoder":
         return [_decoder_part(model, shapes)]
