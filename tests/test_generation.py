@@ -183,3 +183,16 @@ def test_real_smollm2_answers_the_chat_prompt_as_transformers_does(smollm2: Path
     generated = onnx_hierarchy.generate(output, "What is the capital of France?", chat=True, max_new_tokens=32)
     assert generated.identical, (generated.onnx.text, generated.torch.text)
     assert generated.onnx.text is not None and "Paris" in generated.onnx.text
+
+
+def test_a_folder_export_replaces_every_part_of_an_earlier_one(
+    checkpoint: Callable[[str], Path], tmp_path: Path, run_cli: RunCli
+) -> None:
+    folder = tmp_path / "t5"
+    onnx_hierarchy.export(checkpoint("t5"), folder, task="text2text-generation-with-past", check=False)
+    assert len(list(folder.glob("*.onnx"))) == 3
+    onnx_hierarchy.export(checkpoint("t5"), folder, task="text2text-generation", check=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["decoder_model.onnx", "encoder_model.onnx"]
+    single = tmp_path / "t5.onnx"
+    code, _, err = run_cli(["export", str(checkpoint("t5")), str(single), "--task", "text2text-generation"])
+    assert code == 2 and "give a folder" in err and not single.exists()

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 @click.command("export")
 @click.argument("model")
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
 @click.option("--task", help="Task (e.g. text-classification) or transformers class. Default: config.architectures[0].")
 @click.option("--structure-only", is_flag=True, help="Build on the meta device: full graph and tags, no weights.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=InputShapes.batch_size, show_default=True)
@@ -64,7 +64,13 @@ def export_command(
     show_tree: bool,
     fmt: str,
 ) -> int:
-    """Export MODEL (Hub id, checkpoint folder, or config.json) to OUTPUT.onnx with hierarchy tags."""
+    """Export MODEL (Hub id, checkpoint folder, GGUF file or config.json) to OUTPUT.onnx with hierarchy tags.
+
+    \b
+    Seq2seq generation tasks write a folder (encoder_model.onnx, decoder_model.onnx, ...):
+      onnx-hierarchy export ./checkpoint model.onnx --task text-generation-with-past
+      onnx-hierarchy export ./t5 t5-onnx/ --task text2text-generation-with-past
+    """
     from onnx_hierarchy.exporting._export import export
 
     out = Output(fmt)

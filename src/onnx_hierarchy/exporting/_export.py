@@ -224,9 +224,12 @@ def export(
         source = _source.resolve_source(os.fspath(model))
         base_task, with_past = _generation.split_task(task)
         task_name, model_class = _source.resolve_model_class(source.config, base_task)
-        generation = with_past or _generation.writes_folder(task_name)
-        folder = generation and _generation.writes_folder(task_name)
-        _saving.check_writable_folder(output) if folder else _saving.check_writable(output)
+        folder = _generation.writes_folder(task_name)  # seq2seq generation: encoder and decoders
+        generation = with_past or folder
+        if folder:
+            _saving.check_writable_folder(output)
+        else:
+            _saving.check_writable(output)
         cache_disabled = not with_past and _source.disable_cache(source.config)
         built = _source.build_model(source, model_class, structure_only=structure_only, seed=seed)
         torch_model, weights = built.model, built.weights
@@ -283,6 +286,10 @@ def export(
             results.append(result)
             written.extend(files)
     moved = [output / f.relative_to(staging) for f in written]
+    for name in set(_generation.SEQ2SEQ_PARTS) - {str(p.name) for p in parts}:  # parts of an earlier export
+        stale = output / f"{name}.onnx"
+        for path in (stale, _saving.external_data_path(stale), _saving.sidecar_path(stale)):
+            path.unlink(missing_ok=True)
     placed = tuple(dataclasses.replace(r, output=output / r.output.name) for r in results)
     return ExportResult(output, tuple(moved), placed, tuple(clock.timings), tuple(notes))
 

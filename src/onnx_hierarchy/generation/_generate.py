@@ -23,12 +23,12 @@ from onnx_hierarchy.core._progress import ProgressCallback, StageClock
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.errors import InputSpecError, ModelFileError
 from onnx_hierarchy.generation._limits import DEFAULT_NEW_TOKENS
+from onnx_hierarchy.hf._generation import SEQ2SEQ_PARTS
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy, session
 
 __all__ = ["Continuation", "GenerateResult", "generate"]
 
 _PURPOSE = "to tag it, then generate"
-_SEQ2SEQ_PARTS = ("encoder_model", "decoder_model", "decoder_with_past_model")
 
 
 @dataclass(frozen=True)
@@ -180,13 +180,13 @@ def generate(
 def _read_parts(export: Path) -> dict[str, TaggedModel]:
     """The ONNX files of a with-past export, by part."""
     if export.is_dir():
-        missing = [name for name in _SEQ2SEQ_PARTS if not (export / f"{name}.onnx").is_file()]
+        missing = [name for name in SEQ2SEQ_PARTS if not (export / f"{name}.onnx").is_file()]
         if missing:
             raise ModelFileError(
-                f"{export}: no {missing[0]}.onnx; a seq2seq with-past export holds {', '.join(_SEQ2SEQ_PARTS)} "
+                f"{export}: no {missing[0]}.onnx; a seq2seq with-past export holds {', '.join(SEQ2SEQ_PARTS)} "
                 "(export with --task text2text-generation-with-past)"
             )
-        parts = {name: TaggedModel.read(export / f"{name}.onnx", _PURPOSE) for name in _SEQ2SEQ_PARTS}
+        parts = {name: TaggedModel.read(export / f"{name}.onnx", _PURPOSE) for name in SEQ2SEQ_PARTS}
     else:
         parts = {"model": TaggedModel.read(export, _PURPOSE)}
     for name, part in parts.items():

@@ -45,6 +45,7 @@ DECODER_PART = "model"
 ENCODER_PART = "encoder_model"
 SEQ2SEQ_DECODER_PART = "decoder_model"
 SEQ2SEQ_WITH_PAST_PART = "decoder_with_past_model"
+SEQ2SEQ_PARTS = (ENCODER_PART, SEQ2SEQ_DECODER_PART, SEQ2SEQ_WITH_PAST_PART)
 
 Forward = Callable[..., dict[str, torch.Tensor]]
 
