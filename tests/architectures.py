@@ -36,6 +36,8 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     },
     "llama": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64},
     "qwen2": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64},
+    # Its causal-LM class is another architecture's (LlamaForCausalLM): rebuilding must go by task.
+    "exaone": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64},
     "mistral": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64},
     "phi3": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64, "pad_token_id": 0},
     "gemma": {**_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 64, "head_dim": 16},
@@ -95,6 +97,7 @@ REQUIRED = ("bert", "distilbert", "albert", "gpt2", "llama", "t5", "whisper", "v
 GENERATIVE = {
     "gpt2": "text-generation",
     "llama": "text-generation",
+    "exaone": "text-generation",
     "qwen2": "text-generation",
     "mistral": "text-generation",
     "phi3": "text-generation",

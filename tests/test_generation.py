@@ -140,6 +140,9 @@ def test_generation_bad_input_is_one_line_and_exit_2(
     bert = str(config_dir("bert"))
     code, _, err = run_cli(["export", bert, str(tmp_path / "b.onnx"), "--task", "fill-mask-with-past"])
     assert code == 2 and "does not generate" in err and not (tmp_path / "b.onnx").exists()
+    # a decoder head on an encoder: no cache to export
+    code, _, err = run_cli(["export", bert, str(tmp_path / "d.onnx"), "--task", "text-generation-with-past"])
+    assert code == 2 and "returns no KV cache" in err and not (tmp_path / "d.onnx").exists()
     # a task transformers has no class for
     code, _, err = run_cli(["export", bert, str(tmp_path / "c"), "--task", "text2text-generation"])
     assert code == 2 and "no model class" in err

@@ -17,7 +17,7 @@ from onnx_hierarchy import schema
 from onnx_hierarchy.core import _saving
 from onnx_hierarchy.core._progress import ProgressCallback, StageClock, StageTiming
 from onnx_hierarchy.core._traversal import ir_nodes
-from onnx_hierarchy.errors import InputSpecError
+from onnx_hierarchy.errors import InputSpecError, TraceError
 from onnx_hierarchy.exporting import _conversion
 from onnx_hierarchy.exporting._check import CheckResult, compare_with_torch
 from onnx_hierarchy.hf import _generation, _inputs, _module_tree, _source
@@ -329,6 +329,11 @@ def _export_part(
     with _generation.installed(torch_model, part) as model:
         with clock("trace"):
             traced = _conversion.trace(model, inputs, dynamic=settings.dynamic)
+        if traced.fallback_reason and part.name is not None:
+            raise TraceError(
+                f"{traced.fallback_reason}: a generation graph with static shapes cannot decode token by token; "
+                f"export {type(model).__name__} without -with-past, or report the model"
+            )
         if traced.fallback_reason:
             notes.append(f"{traced.fallback_reason}; exported with static shapes")
 

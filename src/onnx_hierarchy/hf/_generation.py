@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer, EncoderDecoderCache
 
-from onnx_hierarchy.errors import TaskError
+from onnx_hierarchy.errors import InputSpecError, TaskError, summarize
 from onnx_hierarchy.hf._inputs import ModelInputs, generate_inputs
 from onnx_hierarchy.hf._shapes import InputShapes
 
@@ -150,8 +150,16 @@ def _cache_shapes(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) ->
     Runs on the model's device, so structure-only models (on the meta device) answer too.
     """
     device = next(iter(model.parameters())).device
-    with torch.no_grad():
-        cache: Any = model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=True).cache
+    try:
+        with torch.no_grad():
+            output = model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=True)
+    except Exception as error:  # any failure of plain PyTorch on a two-token prompt is the model's
+        raise InputSpecError(
+            f"{type(model).__name__} fails in PyTorch itself on a two-token prompt ({summarize(error)})"
+        ) from error
+    cache: Any = getattr(output, "cache", None)
+    if cache is None:
+        raise TaskError(f"{type(model).__name__} returns no KV cache: export it without -with-past")
     if isinstance(cache, EncoderDecoderCache):
         self_layers: list[Any] = list(cache.self_attention_cache.layers)
         cross_layers: list[Any] = list(cache.cross_attention_cache.layers)

@@ -69,8 +69,15 @@ def rebuild(target: TaggedModel, source: str | None) -> Rebuilt:
             f"{spec} is a {model_type} model, but {target.path.name} was exported from a {record.model_type} "
             f"model ({record.source}); pass the source it was exported from with --model"
         )
-    _, model_class = _source.resolve_model_class(resolved.config, record.model_class if record else None)
     task, with_past = split_task(record.task if record is not None else None)
+    # Resolved as the export resolved it: by the task it was given (a model type may reuse another's class,
+    # as ExaoneConfig does LlamaForCausalLM, which a lookup by class name would refuse).
+    _, model_class = _source.resolve_model_class(resolved.config, None if task in (None, "default") else task)
+    if record is not None and model_class.__name__ != record.model_class:
+        raise ModelSourceError(
+            f"{spec} builds {model_class.__name__}, but {target.path.name} holds {record.model_class}; "
+            "pass the source it was exported from with --model"
+        )
     if record is None or record.part is None:
         _source.disable_cache(resolved.config)
     seed = record.seed if record is not None and record.seed is not None else 0
