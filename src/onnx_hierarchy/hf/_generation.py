@@ -105,9 +105,14 @@ def generation_parts(model: torch.nn.Module, task: str, with_past: bool, shapes:
         raise TaskError(f"{type(model).__name__} keeps no KV cache: export it with --task {task}")
     if kind == "decoder":
         return [_decoder_part(model, shapes)]
-    parts = [_encoder_part(model, shapes), _seq2seq_decoder_part(model, shapes, past=False, presents=with_past)]
+    example = _encoder_example(model, shapes)
+    layers = _cache_shapes(model, example.probe(model)) if with_past else []
+    parts = [
+        _encoder_part(model, example),
+        _seq2seq_decoder_part(model, example, shapes, layers, past=False, presents=with_past),
+    ]
     if with_past:
-        parts.append(_seq2seq_decoder_part(model, shapes, past=True, presents=True))
+        parts.append(_seq2seq_decoder_part(model, example, shapes, layers, past=True, presents=True))
     return parts
 
 
@@ -229,14 +234,47 @@ def _decoder_part(model: torch.nn.Module, shapes: InputShapes) -> GraphPart:
     return GraphPart(DECODER_PART, forward, ModelInputs(tensors, axes), onnx_names)
 
 
-def _encoder_part(model: torch.nn.Module, shapes: InputShapes) -> GraphPart:
-    """The encoder alone, called through the whole model so its module paths are the whole model's."""
-    whole = generate_inputs(model, shapes)
+@dataclass(frozen=True)
+class _EncoderExample:
+    """What every part of a seq2seq export needs of the encoder, worked out once.
+
+    Attributes:
+        inputs: The whole model's generated example inputs.
+        names: Those the encoder takes (``input_ids`` and ``attention_mask``, or ``input_features``).
+        hidden_shape: The shape of the encoder's output on them.
+    """
+
+    inputs: ModelInputs
+    names: list[str]
+    hidden_shape: torch.Size
+
+    def probe(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """A one-example, two-token input of the whole model, to read its cache's shapes."""
+        config: Any = model.config
+        start = getattr(config, "decoder_start_token_id", None) or 0
+        return {
+            **{name: self.inputs.tensors[name][:1] for name in self.names},
+            "decoder_input_ids": torch.full((1, 2), start, dtype=torch.int64),
+        }
+
+
+def _encoder_example(model: torch.nn.Module, shapes: InputShapes) -> _EncoderExample:
+    inputs = generate_inputs(model, shapes)
     encoder = model.get_encoder()  # type: ignore[operator]
     accepted = inspect.signature(encoder.forward).parameters
-    names = [name for name in whole.tensors if not name.startswith("decoder_") and name in accepted]
-    tensors = {name: whole.tensors[name] for name in names}
-    axes = {name: whole.dynamic_axes[name] for name in names if name in whole.dynamic_axes}
+    names = [name for name in inputs.tensors if not name.startswith("decoder_") and name in accepted]
+    device = next(iter(model.parameters())).device
+    with torch.no_grad():
+        hidden = encoder(**{name: inputs.tensors[name].to(device) for name in names}).last_hidden_state
+    return _EncoderExample(inputs, names, hidden.shape)
+
+
+def _encoder_part(model: torch.nn.Module, example: _EncoderExample) -> GraphPart:
+    """The encoder alone, called through the whole model so its module paths are the whole model's."""
+    encoder = model.get_encoder()  # type: ignore[operator]
+    names = example.names
+    tensors = {name: example.inputs.tensors[name] for name in names}
+    axes = {name: example.inputs.dynamic_axes[name] for name in names if name in example.inputs.dynamic_axes}
 
     def forward(**kwargs: torch.Tensor | None) -> dict[str, torch.Tensor]:
         output = encoder(**{name: kwargs[name] for name in names})
@@ -246,32 +284,29 @@ def _encoder_part(model: torch.nn.Module, shapes: InputShapes) -> GraphPart:
     return GraphPart(ENCODER_PART, forward, ModelInputs(tensors, axes), {})
 
 
-def _seq2seq_decoder_part(model: torch.nn.Module, shapes: InputShapes, *, past: bool, presents: bool) -> GraphPart:
+def _seq2seq_decoder_part(
+    model: torch.nn.Module,
+    example: _EncoderExample,
+    shapes: InputShapes,
+    layers: list[tuple[torch.Size, ...]],
+    *,
+    past: bool,
+    presents: bool,
+) -> GraphPart:
     """The decoder and head, fed the encoder's output: the first step (``past=False``) computes the
-    cross-attention keys and values (returned with ``presents``), every later step reads them from the past."""
+    cross-attention keys and values (returned with ``presents``), every later step reads them from the past
+    (``layers``: the cache's shapes, per layer)."""
     original = model.forward
     config: Any = model.config
-    whole = generate_inputs(model, shapes)
-    encoder = model.get_encoder()  # type: ignore[operator]
-    encoder_inputs = [name for name in whole.tensors if not name.startswith("decoder_")]
-    device = next(iter(model.parameters())).device
-    with torch.no_grad():
-        hidden = encoder(**{name: whole.tensors[name].to(device) for name in encoder_inputs}).last_hidden_state
-    hidden = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(2))  # a CPU example, any values
+    whole = example.inputs
+    encoder_inputs = example.names
+    hidden = torch.randn(example.hidden_shape, generator=torch.Generator().manual_seed(2))  # any values do
     batch = shapes.batch_size
     sequence = 1 if past else shapes.sequence_length
     past_length = _past_length(shapes)
     generator = torch.Generator().manual_seed(1)
     vocab = config.get_text_config(decoder=True).vocab_size
-    start = getattr(config, "decoder_start_token_id", None) or 0
-    takes_mask = "attention_mask" in whole.tensors
-    layers = _cache_shapes(
-        model,
-        {
-            **{name: whole.tensors[name][:1] for name in encoder_inputs},
-            "decoder_input_ids": torch.full((1, 2), start, dtype=torch.int64),
-        },
-    )
+    takes_mask = "attention_mask" in encoder_inputs
 
     tensors: dict[str, torch.Tensor] = {
         "input_ids": torch.randint(0, vocab, (batch, sequence), generator=generator),
