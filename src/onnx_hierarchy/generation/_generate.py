@@ -26,7 +26,7 @@ from onnx_hierarchy.generation._limits import DEFAULT_NEW_TOKENS
 from onnx_hierarchy.hf._generation import SEQ2SEQ_PARTS
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy, session
 
-__all__ = ["Continuation", "GenerateResult", "generate"]
+__all__ = ["Continuation", "GenerateResult", "decode_decoder", "generate"]
 
 _PURPOSE = "to tag it, then generate"
 
@@ -160,7 +160,7 @@ def generate(
         eos = _eos_tokens(model)
     with clock("onnx"):
         if "model" in parts:
-            onnx_tokens, onnx_seconds = _decode_decoder(parts["model"], arrays, max_new_tokens, eos, policy)
+            onnx_tokens, onnx_seconds = decode_decoder(parts["model"].path, arrays, max_new_tokens, eos, policy)
         else:
             onnx_tokens, onnx_seconds = _decode_seq2seq(parts, arrays, max_new_tokens, eos, model, policy)
     with clock("torch"):
@@ -261,11 +261,12 @@ def _as_past(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"past_key_values." + name[len(prefix) :]: v for name, v in outputs.items() if name.startswith(prefix)}
 
 
-def _decode_decoder(
-    part: TaggedModel, arrays: Mapping[str, np.ndarray], max_new_tokens: int, eos: frozenset[int], policy: SessionPolicy
+def decode_decoder(
+    path: Path, arrays: Mapping[str, np.ndarray], max_new_tokens: int, eos: frozenset[int], policy: SessionPolicy
 ) -> tuple[tuple[int, ...], float]:
-    """The decoder-only loop: the prompt with an empty past, then one token at a time."""
-    runner = session(part.path, policy=policy)
+    """The decoder-only loop: the prompt with an empty past, then one token at a time, until an ``eos``
+    token (none: all ``max_new_tokens``). Returns the tokens and the loop's seconds."""
+    runner = session(path, policy=policy)
     accepted = {i.name for i in runner.get_inputs()}
     outputs = [o.name for o in runner.get_outputs()]
     ids = arrays["input_ids"]
