@@ -203,10 +203,6 @@ class Hierarchy:
         visit(root, 0)
         return found
 
-    def depth(self, path: str) -> int:
-        """Levels below the root."""
-        return len(self.lineages[path]) - 1
-
     @functools.cached_property
     def call_memberships(self) -> tuple[tuple[tuple[str, int], ...], ...]:
         """Per node, the module calls it ran in: ``(module, call)`` of its module and each ancestor whose

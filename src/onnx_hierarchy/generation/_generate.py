@@ -23,7 +23,13 @@ from onnx_hierarchy.core._progress import ProgressCallback, StageClock
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.errors import InputSpecError, ModelFileError
 from onnx_hierarchy.generation._limits import DEFAULT_NEW_TOKENS
-from onnx_hierarchy.hf._generation import SEQ2SEQ_PARTS
+from onnx_hierarchy.hf._generation import (
+    DECODER_PART,
+    ENCODER_PART,
+    SEQ2SEQ_DECODER_PART,
+    SEQ2SEQ_PARTS,
+    SEQ2SEQ_WITH_PAST_PART,
+)
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy, session
 
 __all__ = ["Continuation", "GenerateResult", "decode_decoder", "generate"]
@@ -144,7 +150,7 @@ def generate(
     clock = StageClock(progress)
     with clock("read"):
         parts = _read_parts(Path(export))
-    main = parts.get("model") or parts["decoder_model"]
+    main = parts.get(DECODER_PART) or parts[SEQ2SEQ_DECODER_PART]
     with clock("build"):
         rebuilt = rebuild(main, source)
         model: Any = rebuilt.model
@@ -156,11 +162,11 @@ def generate(
             inputs = _encode(tokenizer, prompt, chat)
         assert inputs is not None
         arrays = {name: np.asarray(array) for name, array in inputs.items()}
-        _check_length(model, arrays, max_new_tokens, seq2seq="model" not in parts)
+        _check_length(model, arrays, max_new_tokens, seq2seq=DECODER_PART not in parts)
         eos = _eos_tokens(model)
     with clock("onnx"):
-        if "model" in parts:
-            onnx_tokens, onnx_seconds = decode_decoder(parts["model"].path, arrays, max_new_tokens, eos, policy)
+        if DECODER_PART in parts:
+            onnx_tokens, onnx_seconds = decode_decoder(parts[DECODER_PART].path, arrays, max_new_tokens, eos, policy)
         else:
             onnx_tokens, onnx_seconds = _decode_seq2seq(parts, arrays, max_new_tokens, eos, model, policy)
     with clock("torch"):
@@ -188,7 +194,7 @@ def _read_parts(export: Path) -> dict[str, TaggedModel]:
             )
         parts = {name: TaggedModel.read(export / f"{name}.onnx", _PURPOSE) for name in SEQ2SEQ_PARTS}
     else:
-        parts = {"model": TaggedModel.read(export, _PURPOSE)}
+        parts = {DECODER_PART: TaggedModel.read(export, _PURPOSE)}
     for name, part in parts.items():
         record = part.record
         if record is None or not record.use_cache or record.part != name:
@@ -297,9 +303,9 @@ def _decode_seq2seq(
     policy: SessionPolicy,
 ) -> tuple[tuple[int, ...], float]:
     """The seq2seq loop: the encoder once, the first decoder step, then the decoder with past."""
-    encoder = session(parts["encoder_model"].path, policy=policy)
-    first = session(parts["decoder_model"].path, policy=policy)
-    later = session(parts["decoder_with_past_model"].path, policy=policy)
+    encoder = session(parts[ENCODER_PART].path, policy=policy)
+    first = session(parts[SEQ2SEQ_DECODER_PART].path, policy=policy)
+    later = session(parts[SEQ2SEQ_WITH_PAST_PART].path, policy=policy)
     encoder_inputs = {i.name for i in encoder.get_inputs()}
     missing = sorted(encoder_inputs - set(arrays) - {"attention_mask"})
     if missing:
