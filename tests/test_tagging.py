@@ -135,3 +135,23 @@ def test_the_tag_writer_works_without_torch_on_any_tracer() -> None:
         ("block", 1, TagSource.INFERRED),
         ("block.other", 1, TagSource.TRACED),
     ]
+
+
+def test_a_fused_node_goes_where_most_of_its_work_was_done() -> None:
+    """The merge rule of retag, on the cases that plain deepest-shared-call gets wrong."""
+    from onnx_hierarchy.tagging._derivation import fused_stack
+
+    root, layer0, layer1 = ("", 0), ("h.0", 0), ("h.1", 0)
+    attention = (root, layer0, ("h.0.attn", 0))
+    # An Attention that also absorbed the root's mask preparation (2 nodes) besides 6 nodes of its layer.
+    assert fused_stack(attention, [attention] * 6 + [(root,)] * 2) == attention
+    # A residual Add of layer 0 fused with layer 1's LayerNorm: the norm computed the first output.
+    norm = (root, layer1, ("h.1.ln_1", 0))
+    assert fused_stack(norm, [(root, layer0), norm]) == norm
+    # A bias Add and a residual Add of layer 0 with layer 1's norm: most of the work is layer 0's.
+    assert fused_stack(norm, [(root, layer0, ("h.0.mlp.c_proj", 0)), (root, layer0), norm]) == (root, layer0)
+    # A bias Add (the Linear) and a Gelu (the activation) of one MLP: the MLP holds both.
+    mlp = (root, layer0, ("h.0.mlp", 0))
+    act, linear = (*mlp, ("h.0.mlp.act", 0)), (*mlp, ("h.0.mlp.c_fc", 0))
+    assert fused_stack(act, [linear, act]) == act
+    assert fused_stack(act, [linear, linear, act]) == linear

@@ -18,6 +18,7 @@ from conftest import Exported
 from onnx_hierarchy import schema
 from onnx_hierarchy.errors import InputSpecError, ModelFileError, ModelSourceError
 from onnx_hierarchy.runtime import _feeds
+from weights import scaled_weight
 
 # The architectures the verify issue names: text, decoder, encoder-decoder, vision.
 ARCHITECTURES = ("bert", "gpt2", "t5", "vit")
@@ -44,28 +45,10 @@ def test_outputs_without_nodes_are_paired_by_identity(exported: Callable[[str], 
     assert dropout.max_abs_error == layer_norm.max_abs_error
 
 
-def _perturbed(path: Path, module: str, output: Path, factor: float = 1.5) -> Path:
-    """A copy of ``path`` with the 2-D weight read by ``module``'s nodes scaled."""
-    model = onnx.load(path)
-    weights = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if schema.read_node_module({p.key: p.value for p in node.metadata_props}) is None:
-            continue
-        if {p.key: p.value for p in node.metadata_props}[schema.MODULE_KEY] != module:
-            continue
-        for name in node.input:
-            if name in weights and len(weights[name].dims) == 2:
-                array = onnx.numpy_helper.to_array(weights[name])
-                weights[name].CopyFrom(onnx.numpy_helper.from_array(array * factor, name))
-                onnx.save(model, output)
-                return output
-    raise AssertionError(f"no weight read by {module}")
-
-
 def test_a_perturbed_weight_is_found_in_its_module(exported: Callable[[str], Exported], tmp_path: Path) -> None:
     source = exported("bert")
     module = "encoder.layer.1.attention.self.value"
-    broken = _perturbed(source.result.output, module, tmp_path / "broken.onnx")
+    broken = scaled_weight(source.result.output, module, tmp_path / "broken.onnx")
     result = onnx_hierarchy.verify(broken, source=str(source.config_dir))
     first = result.first_over_tolerance
     assert first is not None and (first.module, first.cls) == (module, "Linear")

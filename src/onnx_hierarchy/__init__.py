@@ -21,12 +21,14 @@ if TYPE_CHECKING:
     from onnx_hierarchy.core._hierarchy import Hierarchy, NodeInfo, load
     from onnx_hierarchy.core._progress import StageEvent, StageTiming
     from onnx_hierarchy.core._tagged import TaggedModel
+    from onnx_hierarchy.deriving._optimize import OptimizeCheck, OptimizeResult, OptimizeStep, optimize
+    from onnx_hierarchy.deriving._retag import RetagResult, retag
     from onnx_hierarchy.exporting._check import CheckResult, OutputDifference
     from onnx_hierarchy.exporting._export import ExportResult, PartResult, export
     from onnx_hierarchy.generation._generate import Continuation, GenerateResult, generate
     from onnx_hierarchy.hf._shapes import InputShapes
     from onnx_hierarchy.inspection._dag import Dag, Edge, dag
-    from onnx_hierarchy.inspection._diff import Diff, ModuleDiff, diff
+    from onnx_hierarchy.inspection._diff import Diff, Fusion, ModuleDiff, diff
     from onnx_hierarchy.inspection._stats import ModuleStats, Summary, summary
     from onnx_hierarchy.inspection._tree import ModuleTree, NodeList, nodes, tree
     from onnx_hierarchy.inspection._validate import ValidationReport, validate
@@ -45,6 +47,7 @@ __all__ = [
     "Edge",
     "ExportResult",
     "ExtractResult",
+    "Fusion",
     "GenerateResult",
     "Hierarchy",
     "InputShapes",
@@ -53,10 +56,14 @@ __all__ = [
     "ModuleTree",
     "NodeInfo",
     "NodeList",
+    "OptimizeCheck",
+    "OptimizeResult",
+    "OptimizeStep",
     "OutputDifference",
     "PartResult",
     "Piece",
     "PieceCheck",
+    "RetagResult",
     "SessionPolicy",
     "SkippedModule",
     "StageEvent",
@@ -75,6 +82,8 @@ __all__ = [
     "generate",
     "load",
     "nodes",
+    "optimize",
+    "retag",
     "schema",
     "summary",
     "tree",
@@ -90,6 +99,12 @@ _LAZY = {
     "StageEvent": "onnx_hierarchy.core._progress",
     "StageTiming": "onnx_hierarchy.core._progress",
     "TaggedModel": "onnx_hierarchy.core._tagged",
+    "OptimizeCheck": "onnx_hierarchy.deriving._optimize",
+    "OptimizeResult": "onnx_hierarchy.deriving._optimize",
+    "OptimizeStep": "onnx_hierarchy.deriving._optimize",
+    "optimize": "onnx_hierarchy.deriving._optimize",
+    "RetagResult": "onnx_hierarchy.deriving._retag",
+    "retag": "onnx_hierarchy.deriving._retag",
     "CheckResult": "onnx_hierarchy.exporting._check",
     "OutputDifference": "onnx_hierarchy.exporting._check",
     "ExportResult": "onnx_hierarchy.exporting._export",
@@ -104,6 +119,7 @@ _LAZY = {
     "dag": "onnx_hierarchy.inspection._dag",
     "Diff": "onnx_hierarchy.inspection._diff",
     "ModuleDiff": "onnx_hierarchy.inspection._diff",
+    "Fusion": "onnx_hierarchy.inspection._diff",
     "diff": "onnx_hierarchy.inspection._diff",
     "ModuleStats": "onnx_hierarchy.inspection._stats",
     "Summary": "onnx_hierarchy.inspection._stats",

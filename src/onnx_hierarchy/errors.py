@@ -8,11 +8,13 @@ from __future__ import annotations
 
 __all__ = [
     "ConversionError",
+    "DerivationError",
     "ExtractionError",
     "HierarchyError",
     "InputSpecError",
     "ModelFileError",
     "ModelSourceError",
+    "OptimizationError",
     "OutputError",
     "TaskError",
     "TraceError",
@@ -50,6 +52,14 @@ class ConversionError(HierarchyError):
 
 class ModelFileError(HierarchyError):
     """An ONNX file is missing, unreadable, truncated, or lacks data a command needs."""
+
+
+class DerivationError(HierarchyError):
+    """A model given as derived from a tagged one was not made from it (shares nothing with it)."""
+
+
+class OptimizationError(HierarchyError):
+    """An optimizer, quantizer or converter refused the model, or was asked for something it lacks."""
 
 
 class UnknownModuleError(HierarchyError):

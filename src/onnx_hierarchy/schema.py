@@ -8,11 +8,13 @@ Per node (``NodeProto.metadata_props``):
     ``hierarchy.class``   that module's class name,
     ``hierarchy.tag``     class-name path from the root, list items numbered,
     ``hierarchy.call``    0-based call of the module instance, only when it ran more than once,
-    ``hierarchy.source``  ``traced`` or ``inferred``.
+    ``hierarchy.source``  ``traced``, ``inferred``, ``fused`` or ``derived``,
+    ``hierarchy.fused``   on ``fused`` nodes: how many exported nodes the node stands for.
 
 Per model (``ModelProto.metadata_props``): ``hierarchy.version``, ``hierarchy.modules`` (JSON module
-tree), ``hierarchy.export`` (JSON export record) and, in a piece cut out of a model, ``hierarchy.piece``
-(JSON: which module of which model it holds).
+tree), ``hierarchy.export`` (JSON export record), in a piece cut out of a model ``hierarchy.piece``
+(JSON: which module of which model it holds) and, in a model another tool derived from a tagged one,
+``hierarchy.derivation`` (JSON: the steps, each with how its nodes were tagged).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CALL_KEY",
     "CLASS_KEY",
+    "DERIVATION_KEY",
     "EXPORT_KEY",
+    "FUSED_KEY",
     "MODULES_KEY",
     "MODULE_KEY",
     "NAMESPACE_KEY",
@@ -43,6 +47,7 @@ __all__ = [
     "TORCH_NAME_SCOPES_KEY",
     "TORCH_STACK_TRACE_KEY",
     "VERSION_KEY",
+    "DerivationStep",
     "ExportRecord",
     "HasMetadata",
     "InputRecord",
@@ -52,6 +57,7 @@ __all__ = [
     "TagSource",
     "class_path",
     "modules_by_path",
+    "read_derivation",
     "read_export_record",
     "read_modules",
     "read_node_module",
@@ -60,6 +66,7 @@ __all__ = [
     "read_torch_class_hierarchy",
     "read_torch_name_scopes",
     "replace_empty_stack_marker",
+    "write_derivation",
     "write_model_metadata",
     "write_modules",
     "write_node_tag",
@@ -73,12 +80,14 @@ CLASS_KEY = "hierarchy.class"
 TAG_KEY = "hierarchy.tag"
 CALL_KEY = "hierarchy.call"
 SOURCE_KEY = "hierarchy.source"
+FUSED_KEY = "hierarchy.fused"
 NAMESPACE_KEY = "namespace"
 
 VERSION_KEY = "hierarchy.version"
 MODULES_KEY = "hierarchy.modules"
 EXPORT_KEY = "hierarchy.export"
 PIECE_KEY = "hierarchy.piece"
+DERIVATION_KEY = "hierarchy.derivation"
 
 TORCH_NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 TORCH_STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
@@ -87,14 +96,20 @@ TORCH_CLASS_HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
 # placeholder as their module stack; such nodes ran in the root module's forward.
 TORCH_EMPTY_STACK_MARKER = "_empty_nn_module_stack_from_metadata_hook"
 
-_NODE_KEYS = (MODULE_KEY, CLASS_KEY, TAG_KEY, CALL_KEY, SOURCE_KEY)
+_NODE_KEYS = (MODULE_KEY, CLASS_KEY, TAG_KEY, CALL_KEY, SOURCE_KEY, FUSED_KEY)
 
 
 class TagSource(str, enum.Enum):
-    """Where a node's module came from; never mixed up silently."""
+    """Where a node's module came from; never mixed up silently.
+
+    ``traced`` and ``inferred`` are written at export; ``fused`` and ``derived`` by ``retag``, on nodes
+    that another tool made from exported ones (see ``docs/schema.md``).
+    """
 
     TRACED = "traced"
     INFERRED = "inferred"
+    FUSED = "fused"
+    DERIVED = "derived"
 
 
 @dataclass(frozen=True)
@@ -105,8 +120,10 @@ class NodeTag:
         module: Dotted ``named_modules()`` path of the innermost module; ``""`` for the root.
         cls: Class name of that module.
         tag: Class-name path from the root, e.g. ``/BertModel/BertEncoder/BertLayer.0/...``.
-        source: Whether the module was traced by torch or inferred from neighbouring nodes.
+        source: How the module was obtained: traced by torch, inferred from neighbouring nodes, or (in a
+            derived model) fused from several exported nodes or derived from one.
         call: Which call of the module produced the node, when the module ran more than once.
+        fused: On a ``fused`` node, how many exported nodes it stands for.
     """
 
     module: str
@@ -114,6 +131,7 @@ class NodeTag:
     tag: str
     source: TagSource
     call: int | None = None
+    fused: int | None = None
 
 
 @dataclass(frozen=True)
@@ -292,6 +310,31 @@ class PieceRecord:
         )
 
 
+@dataclass(frozen=True)
+class DerivationStep:
+    """One step from the exported model to a derived one (an optimizer, a quantizer, ``retag`` itself).
+
+    Attributes:
+        step: What ran, e.g. ``onnxscript-fusions``, ``ort-level-all``, ``quantize-dynamic``, ``retag``.
+        source: File name of the tagged model the step started from.
+        nodes: Nodes before and after the step.
+        tags: How the step's nodes were tagged: count per ``hierarchy.source`` value.
+    """
+
+    step: str
+    source: str
+    nodes: tuple[int, int]
+    tags: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "source": self.source, "nodes": list(self.nodes), "tags": dict(self.tags)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DerivationStep:
+        before, after = data["nodes"]
+        return cls(data["step"], data["source"], (int(before), int(after)), dict(data["tags"]))
+
+
 # Readers take an onnx-ir object or its metadata as a plain mapping (read from protobuf by fast paths).
 # onnx-ir is not imported at run time: reading a model's tags must not pay for loading it.
 HasMetadata = Union["ir.Node", "ir.Model", Mapping[str, str]]
@@ -309,12 +352,14 @@ def read_node_tag(node: HasMetadata) -> NodeTag | None:
     if MODULE_KEY not in props:
         return None
     call = props.get(CALL_KEY)
+    fused = props.get(FUSED_KEY)
     return NodeTag(
         module=props[MODULE_KEY],
         cls=props.get(CLASS_KEY, ""),
         tag=props.get(TAG_KEY, ""),
         source=TagSource(props.get(SOURCE_KEY, TagSource.INFERRED.value)),
         call=int(call) if call is not None else None,
+        fused=int(fused) if fused is not None else None,
     )
 
 
@@ -341,6 +386,8 @@ def write_node_tag(node: ir.Node, tag: NodeTag) -> None:
     props[SOURCE_KEY] = tag.source.value
     if tag.call is not None:
         props[CALL_KEY] = str(tag.call)
+    if tag.fused is not None:
+        props[FUSED_KEY] = str(tag.fused)
 
 
 def read_torch_name_scopes(node: HasMetadata) -> list[str] | None:
@@ -435,6 +482,17 @@ def read_piece_record(model: HasMetadata) -> PieceRecord | None:
     if raw is None:
         return None
     return PieceRecord.from_json(json.loads(raw))
+
+
+def write_derivation(model: ir.Model, steps: Sequence[DerivationStep]) -> None:
+    """Records the steps that derived ``model`` from an export, oldest first."""
+    model.metadata_props[DERIVATION_KEY] = json.dumps([s.to_json() for s in steps], separators=(",", ":"))
+
+
+def read_derivation(model: HasMetadata) -> list[DerivationStep]:
+    """The steps that derived the model from an export, oldest first; empty for an export itself."""
+    raw = _props(model).get(DERIVATION_KEY)
+    return [] if raw is None else [DerivationStep.from_json(item) for item in json.loads(raw)]
 
 
 def modules_by_path(modules: Iterable[ModuleRecord]) -> dict[str, ModuleRecord]:

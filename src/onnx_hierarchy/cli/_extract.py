@@ -88,6 +88,8 @@ def extract_command(
             result = extract(
                 model, module, output, call=call, check=check, atol=atol, inputs=inputs, progress=progress
             )
+    for warning in result.warnings:
+        out.warning(warning)
     _render(out, fmt, result, check)
     return EXIT_OK if result.passed else EXIT_CHECK_FAILED
 

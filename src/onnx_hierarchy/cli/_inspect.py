@@ -14,9 +14,20 @@ from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import TABLE_FORMATS, Output, render_table
 
 if TYPE_CHECKING:
-    pass
+    from onnx_hierarchy.core._hierarchy import Hierarchy
 
 _model_argument = click.argument("model", type=click.Path(path_type=Path))
+
+
+def _read(model: Path, out: Output) -> Hierarchy:
+    """Reads the hierarchy once; a file with untagged nodes gets a warning pointing at ``retag``."""
+    from onnx_hierarchy.core._hierarchy import load
+
+    hierarchy = load(model)
+    notice = hierarchy.untagged_notice()
+    if notice:
+        out.warning(notice)
+    return hierarchy
 
 
 def _selection(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -38,8 +49,8 @@ def tree_command(model: Path, module: str | None, cls: str | None, depth: int | 
     from onnx_hierarchy.cli._tree import module_tree
     from onnx_hierarchy.inspection._tree import tree
 
-    result = tree(model, pattern=module, cls=cls, depth=depth)
     out = Output(fmt)
+    result = tree(_read(model, out), pattern=module, cls=cls, depth=depth)
     if fmt == "text":
         hierarchy = result.hierarchy
         own = {path: s.own_nodes for path, s in result.stats.items()}
@@ -65,8 +76,9 @@ def nodes_command(model: Path, module: str | None, cls: str | None, own: bool, f
     """A module's nodes in execution order: name, op type, inputs, outputs, module."""
     from onnx_hierarchy.inspection._tree import nodes
 
-    rows = nodes(model, pattern=module, cls=cls, own=own).to_json()
-    render_table(Output(fmt), fmt, rows, ["index", "name", "op_type", "inputs", "outputs", "module", "call"])
+    out = Output(fmt)
+    rows = nodes(_read(model, out), pattern=module, cls=cls, own=own).to_json()
+    render_table(out, fmt, rows, ["index", "name", "op_type", "inputs", "outputs", "module", "call"])
     return EXIT_OK
 
 
@@ -79,9 +91,10 @@ def summary_command(model: Path, module: str | None, cls: str | None, depth: int
     """One row per module at DEPTH: operations, internal edges, boundary inputs and outputs, parameters."""
     from onnx_hierarchy.inspection._stats import summary
 
-    rows = summary(model, pattern=module, cls=cls, depth=depth).table()
+    out = Output(fmt)
+    rows = summary(_read(model, out), pattern=module, cls=cls, depth=depth).table()
     columns = ["module", "class", "ops", "internal_edges", "boundary_inputs", "boundary_outputs", "parameters"]
-    render_table(Output(fmt), fmt, rows, columns)
+    render_table(out, fmt, rows, columns)
     return EXIT_OK
 
 
@@ -93,8 +106,8 @@ def dag_command(model: Path, module: str, fmt: str) -> int:
     """The data-flow graph of a module: nodes, edges, order and boundary (JSON, GraphML or DOT)."""
     from onnx_hierarchy.inspection._dag import dag
 
-    graph = dag(model, module)
     out = Output("json" if fmt == "json" else "text")
+    graph = dag(_read(model, out), module)
     if fmt == "json":
         out.result("", graph.to_json(), indent=1)
     else:
@@ -110,8 +123,8 @@ def diff_command(model_a: Path, model_b: Path, fmt: str) -> int:
     """Per-module differences in node counts and op types between two models."""
     from onnx_hierarchy.inspection._diff import diff
 
-    result = diff(model_a, model_b)
     out = Output(fmt)
+    result = diff(_read(model_a, out), _read(model_b, out))
     if fmt == "json":
         out.result("", result.to_json())
     elif not result.modules and fmt == "text":
@@ -123,10 +136,12 @@ def diff_command(model_a: Path, model_b: Path, fmt: str) -> int:
                 "nodes_a": d.nodes_a,
                 "nodes_b": d.nodes_b,
                 "ops": ", ".join(f"{op} {a}→{b}" for op, (a, b) in d.ops.items()),
+                "fused": "; ".join(f.describe() for f in d.fused),
             }
             for d in result.modules
         ]
-        render_table(out, fmt, rows, ["module", "nodes_a", "nodes_b", "ops"])
+        columns = ["module", "nodes_a", "nodes_b", "ops"] + (["fused"] if any(d.fused for d in result.modules) else [])
+        render_table(out, fmt, rows, columns)
     return EXIT_OK
 
 

@@ -112,6 +112,10 @@ def _render(result: VerifyResult) -> RenderableType:
     reasons = collections.Counter(c.reason for c in result.calls if c.status is CallStatus.NOT_COMPARABLE)
     for reason, count in reasons.most_common():
         lines.append(f"[yellow]not comparable[/] ({count}): {escape(reason or '')}")
+    for status in (CallStatus.FUSED, CallStatus.REMOVED):
+        count = sum(c.status is status for c in result.calls)
+        if count:
+            lines.append(f"[cyan]{status.value}[/] ({count}): module calls the model no longer has nodes for")
     return Group(*lines)
 
 
@@ -134,11 +138,12 @@ def _label(name: str, calls: list[CallComparison], first: CallComparison | None,
 def _severity(call: CallComparison) -> tuple[int, float]:
     from onnx_hierarchy.verification._verify import CallStatus
 
-    rank = {CallStatus.OVER: 2, CallStatus.OK: 1, CallStatus.NOT_COMPARABLE: 0}[call.status]
+    rank = {CallStatus.OVER: 2, CallStatus.OK: 1}.get(call.status, 0)
     return rank, call.max_abs_error or 0.0
 
 
 def _style(status: CallStatus) -> str:
     from onnx_hierarchy.verification._verify import CallStatus
 
-    return {CallStatus.OK: "green", CallStatus.OVER: "bold red", CallStatus.NOT_COMPARABLE: "yellow"}[status]
+    styles = {CallStatus.OK: "green", CallStatus.OVER: "bold red", CallStatus.NOT_COMPARABLE: "yellow"}
+    return styles.get(status, "cyan")

@@ -35,6 +35,9 @@ from onnx_hierarchy.schema import ModuleRecord
 
 SOURCES = ("hierarchy", "torch-name-scopes", "scoped-names", "none")
 
+# TensorProto data types of parameters: FLOAT, FLOAT16, DOUBLE, BFLOAT16.
+_FLOAT_TYPES = frozenset({1, 10, 11, 16})
+
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
@@ -75,6 +78,7 @@ class Hierarchy:
         graph_inputs: Names of the graph's inputs.
         graph_outputs: Names of the graph's outputs.
         initializers: Weight names with their element counts.
+        float_initializers: The floating-point ones: parameters, as opposed to shapes and indices.
         unrecorded: Modules that tags name but the file's recorded module tree lacks (added to ``modules``
             so every node has a place; :func:`validate` reports them).
     """
@@ -86,6 +90,7 @@ class Hierarchy:
     graph_inputs: tuple[str, ...]
     graph_outputs: tuple[str, ...]
     initializers: dict[str, int]
+    float_initializers: frozenset[str] = frozenset()
     unrecorded: frozenset[str] = frozenset()
     _children: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
@@ -101,6 +106,22 @@ class Hierarchy:
         for path, record in self.modules.items():  # parents come before children
             chains[path] = (path, *chains[record.parent]) if record.parent is not None else (path,)
         return chains
+
+    @functools.cached_property
+    def untagged(self) -> int:
+        """Nodes of a tagged file that carry no tag (another tool made them): they count at the root."""
+        if self.source != "hierarchy":
+            return 0
+        return sum(1 for node in self.node_list if not node.tagged and node.parent is None)
+
+    def untagged_notice(self) -> str | None:
+        """The line every command shows when it meets untagged nodes, pointing at ``retag``."""
+        if not self.untagged:
+            return None
+        return (
+            f"{self.untagged} of {len(self.node_list)} nodes of {self.path.name} carry no hierarchy tag and count "
+            f"at the root; tag them with `onnx-hierarchy retag SOURCE.onnx {self.path.name} -o OUT.onnx`"
+        )
 
     def children(self, path: str) -> list[str]:
         """Direct submodules of ``path``, in ``named_modules()`` order."""
@@ -294,6 +315,7 @@ def from_proto(path: str | os.PathLike[str], model: onnx_pb.ModelProto) -> Hiera
         graph_inputs=tuple(v.name for v in model.graph.input if v.name not in initializers),
         graph_outputs=tuple(v.name for v in model.graph.output),
         initializers=initializers,
+        float_initializers=frozenset(t.name for t in model.graph.initializer if t.data_type in _FLOAT_TYPES),
         unrecorded=frozenset(modules) - {m.path for m in recorded} if recorded is not None else frozenset(),
     )
 

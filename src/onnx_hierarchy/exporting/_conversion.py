@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import io
 import logging
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.utils._pytree as pytree
 
+from onnx_hierarchy.core import _quiet
 from onnx_hierarchy.errors import ConversionError, InputSpecError, TraceError, summarize
 from onnx_hierarchy.hf._inputs import ModelInputs
 from onnx_hierarchy.hf._module_tree import count_calls
@@ -129,22 +127,7 @@ def _key_name(key: object) -> str:
     return str(key)
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silences torch's and onnxscript's progress chatter, printed graphs and internal warnings for one block.
-
-    What they report matters only when a step fails, and then the raised error carries it.
-    """
-    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    # torch.export prints whole graph modules to stderr when it meets a data-dependent guard.
-    sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
+def quiet() -> contextlib.AbstractContextManager[None]:
+    """Silences torch's and onnxscript's progress chatter, printed graphs and internal warnings for one block
+    (torch.export prints whole graph modules to stderr when it meets a data-dependent guard)."""
+    return _quiet.quiet(_NOISY_LOGGERS)

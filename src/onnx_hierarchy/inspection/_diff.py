@@ -1,25 +1,65 @@
-"""``diff``: how two models of the same architecture differ, module by module."""
+"""``diff``: how two models of the same architecture differ, module by module.
+
+When B was made from A (an optimizer, a quantizer), the matching ``retag`` uses also says, per module of
+A, which of its ops became which node of B: ``Add 2, LayerNormalization 1 -> SkipLayerNormalization``.
+"""
 
 from __future__ import annotations
 
+import collections
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from onnx_hierarchy.core._hierarchy import Hierarchy, load
+from onnx_hierarchy.tagging._derivation import Evidence, derive
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Ops of one module of A that one node of B now computes (with ops of other modules, maybe).
+
+    Attributes:
+        ops: A's op types (of this module) and how many of each.
+        into: B's node: its op type.
+        node: B's node name.
+        module: The module B's node is tagged with.
+    """
+
+    ops: dict[str, int]
+    into: str
+    node: str
+    module: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ops": self.ops, "into": self.into, "node": self.node, "module": self.module}
+
+    def describe(self) -> str:
+        ops = ", ".join(f"{op} {count}" for op, count in self.ops.items())
+        return f"{ops} → {self.into} ({self.module or '(root)'})"
 
 
 @dataclass(frozen=True)
 class ModuleDiff:
-    """One module whose nodes differ (``None`` counts: the module exists on one side only)."""
+    """One module whose nodes differ (``None`` counts: the module exists on one side only).
+
+    ``fused`` lists, when B was made from A, which of the module's ops B's fused nodes now compute.
+    """
 
     path: str
     nodes_a: int | None
     nodes_b: int | None
     ops: dict[str, tuple[int, int]]
+    fused: tuple[Fusion, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "nodes_a": self.nodes_a, "nodes_b": self.nodes_b, "ops": self.ops}
+        return {
+            "path": self.path,
+            "nodes_a": self.nodes_a,
+            "nodes_b": self.nodes_b,
+            "ops": self.ops,
+            "fused": [f.to_json() for f in self.fused],
+        }
 
 
 @dataclass(frozen=True)
@@ -45,21 +85,43 @@ def diff(a: str | os.PathLike[str] | Hierarchy, b: str | os.PathLike[str] | Hier
     a = a if isinstance(a, Hierarchy) else load(a)
     b = b if isinstance(b, Hierarchy) else load(b)
     own_ops_a, own_ops_b = _own_ops(a), _own_ops(b)
+    fusions = _fusions(a, b)
     result = []
     for path in [*a.modules, *(p for p in b.modules if p not in a.modules)]:
         ops_a, ops_b = own_ops_a.get(path, {}), own_ops_b.get(path, {})
         changed = {op: (ops_a.get(op, 0), ops_b.get(op, 0)) for op in sorted({*ops_a, *ops_b})}
         changed = {op: counts for op, counts in changed.items() if counts[0] != counts[1]}
-        if changed or (path in a.modules) != (path in b.modules):
+        if changed or path in fusions or (path in a.modules) != (path in b.modules):
             result.append(
                 ModuleDiff(
                     path,
                     sum(ops_a.values()) if path in a.modules else None,
                     sum(ops_b.values()) if path in b.modules else None,
                     changed,
+                    tuple(fusions.get(path, ())),
                 )
             )
     return Diff(str(a.path), str(b.path), tuple(result))
+
+
+def _fusions(a: Hierarchy, b: Hierarchy) -> dict[str, list[Fusion]]:
+    """Per module of A, its ops that fused nodes of B compute; empty unless B was made from A."""
+    if b.source != "hierarchy" or not a.float_initializers:
+        return {}
+    derivation = derive(a, b)
+    if 4 * derivation.shared_parameters < len(a.float_initializers):
+        return {}
+    found: dict[str, list[Fusion]] = collections.defaultdict(list)
+    for node, origin in zip(b.node_list, derivation.origins, strict=True):
+        if origin.evidence is not Evidence.FUSED:
+            continue
+        by_module: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        for index in origin.sources:
+            source = a.node_list[index]
+            by_module[source.module][source.op_type] += 1
+        for module, ops in by_module.items():
+            found[module].append(Fusion(dict(ops), node.op_type, node.name, node.module))
+    return found
 
 
 def _own_ops(hierarchy: Hierarchy) -> dict[str, dict[str, int]]:

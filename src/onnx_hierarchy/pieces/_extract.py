@@ -127,6 +127,7 @@ class ExtractResult:
         checks: One per piece when checked, in the same order.
         check_note: Why pieces were not checked although asked (structure-only model, model that does
             not run).
+        warnings: What the user should know (nodes without tags, which the pieces cannot place).
     """
 
     model: Path
@@ -134,6 +135,7 @@ class ExtractResult:
     skipped: tuple[SkippedModule, ...] = ()
     checks: tuple[PieceCheck, ...] = ()
     check_note: str | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -150,6 +152,7 @@ class ExtractResult:
             ],
             "skipped": [{"module": s.module, "reason": s.reason} for s in self.skipped],
             "check_note": self.check_note,
+            "warnings": list(self.warnings),
             "passed": self.passed,
         }
 
@@ -410,18 +413,20 @@ def _finish(
     inputs: str | os.PathLike[str] | None,
     policy: SessionPolicy,
 ) -> ExtractResult:
+    warnings = tuple(filter(None, [source.hierarchy.untagged_notice()]))
     if not check:
-        return ExtractResult(source.path, pieces, skipped)
+        return ExtractResult(source.path, pieces, skipped, warnings=warnings)
     if source.structure_only:
         note = "not checked: a structure-only model has no weights to run"
-        return ExtractResult(source.path, pieces, skipped, check_note=note)
+        return ExtractResult(source.path, pieces, skipped, check_note=note, warnings=warnings)
     feeds = _feeds.model_feeds(source.proto, source.record, inputs)
     boundary = [name for piece in pieces for name in (*piece.inputs, *piece.outputs)]
     try:
         values = _session.run(source.proto, source.path.parent, feeds, boundary, policy)
     except _session.RuntimeFailure as failure:
-        return ExtractResult(source.path, pieces, skipped, check_note=f"not checked: {failure}")
-    return ExtractResult(source.path, pieces, skipped, tuple(_check_piece(p, values, atol, policy) for p in pieces))
+        return ExtractResult(source.path, pieces, skipped, check_note=f"not checked: {failure}", warnings=warnings)
+    checks = tuple(_check_piece(p, values, atol, policy) for p in pieces)
+    return ExtractResult(source.path, pieces, skipped, checks, warnings=warnings)
 
 
 def _check_piece(piece: Piece, values: dict[str, Any], atol: float, policy: SessionPolicy) -> PieceCheck:

@@ -5,7 +5,7 @@ Nothing is imported here, so the command line takes its defaults from this modul
 
 from __future__ import annotations
 
-__all__ = ["CHECK_ATOL", "CHECK_RTOL", "PIECE_ATOL", "VERIFY_ATOL", "VERIFY_RTOL"]
+__all__ = ["CHECK_ATOL", "CHECK_RTOL", "FP16_ATOL", "OPTIMIZE_ATOL", "PIECE_ATOL", "VERIFY_ATOL", "VERIFY_RTOL"]
 
 # The export check: ONNX Runtime's outputs against PyTorch's, float32 on both sides; an element passes
 # when |onnx - torch| <= atol + rtol * max|torch| (see _compare.errors).
@@ -17,3 +17,7 @@ VERIFY_ATOL = 1e-4
 VERIFY_RTOL = 1e-3
 # extract --check: a piece run alone against the whole model's values, same runtime on both sides.
 PIECE_ATOL = 1e-6
+# optimize --check: the optimized model against its input in ONNX Runtime. Fusions and graph optimization
+# change only the order of float operations; fp16 rounds every value to 11 significant bits.
+OPTIMIZE_ATOL = 1e-4
+FP16_ATOL = 1e-2

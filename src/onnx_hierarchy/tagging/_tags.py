@@ -16,7 +16,7 @@ from onnx_hierarchy import schema
 from onnx_hierarchy.core._traversal import ir_nodes, subgraph_owners
 from onnx_hierarchy.schema import ModuleRecord, NodeTag, TagSource
 
-__all__ = ["ROOT", "Stack", "TagNodesPass", "common_prefix"]
+__all__ = ["ROOT", "Stack", "TagNodesPass", "TagWriter", "common_prefix", "ensure_tagged", "infer_stacks"]
 
 # A module call chain from the root: (path, call) pairs, root first.
 Stack = tuple[tuple[str, int], ...]
@@ -25,6 +25,43 @@ ROOT: Stack = (("", 0),)
 
 # Finds the stack a node was traced to, or None when its producer cannot tell.
 Tracer = Callable[[ir.Node], Stack | None]
+
+
+class TagWriter:
+    """Writes the tag of a module call stack onto a node: module, class, class path, call and a namespace
+    in torch.onnx's format, which Model Explorer splits into layers."""
+
+    def __init__(self, modules: Sequence[ModuleRecord]) -> None:
+        self.modules = schema.modules_by_path(modules)
+        self._class_paths: dict[str, str] = {}
+
+    def write(self, node: ir.Node, stack: Stack, source: TagSource, fused: int | None = None) -> None:
+        """Tags ``node``. A traced node keeps torch's namespace when it has one (the last segment names
+        its FX node); every other node gets one built from ``stack``."""
+        path, call = stack[-1]
+        record = self.modules[path]
+        tag = NodeTag(
+            module=path,
+            cls=record.cls,
+            tag=self._class_path(path),
+            source=source,
+            call=call if record.calls > 1 or call > 0 else None,
+            fused=fused,
+        )
+        schema.write_node_tag(node, tag)
+        if source is not TagSource.TRACED or schema.NAMESPACE_KEY not in node.metadata_props:
+            node.metadata_props[schema.NAMESPACE_KEY] = self._namespace(stack, node)
+
+    def _class_path(self, path: str) -> str:
+        if path not in self._class_paths:
+            self._class_paths[path] = schema.class_path(path, self.modules)
+        return self._class_paths[path]
+
+    def _namespace(self, stack: Stack, node: ir.Node) -> str:
+        parts = [f"{path}: {self.modules[path].qualified_cls}" for path, _ in stack]
+        # Readers split on "/": a node name such as ORT's ``node_matmul/MatMulScaleFusion/`` stays one segment.
+        parts.append(f"{(node.name or node.op_type).replace('/', '|')}: {node.op_type}")
+        return "/".join(parts)
 
 
 class TagNodesPass(ir.passes.InPlacePass):
@@ -36,9 +73,8 @@ class TagNodesPass(ir.passes.InPlacePass):
 
     def __init__(self, modules: Sequence[ModuleRecord], tracer: Tracer) -> None:
         super().__init__()
-        self.modules = schema.modules_by_path(modules)
+        self.writer = TagWriter(modules)
         self.tracer = tracer
-        self._class_paths: dict[str, str] = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         nodes = list(ir_nodes(model))
@@ -50,38 +86,18 @@ class TagNodesPass(ir.passes.InPlacePass):
         traced = set(stacks)
         infer_stacks(nodes, stacks)
         for node in nodes:
-            self._write(node, stacks[node], TagSource.TRACED if node in traced else TagSource.INFERRED)
+            self.writer.write(node, stacks[node], TagSource.TRACED if node in traced else TagSource.INFERRED)
         return ir.passes.PassResult(model, modified=bool(nodes))
 
     def ensures(self, model: ir.Model) -> None:
-        for node in ir_nodes(model):
-            if schema.MODULE_KEY not in node.metadata_props:
-                raise ir.passes.PostconditionError(f"Node {node.name!r} ({node.op_type}) has no hierarchy tag")
+        ensure_tagged(model)
 
-    def _write(self, node: ir.Node, stack: Stack, source: TagSource) -> None:
-        path, call = stack[-1]
-        record = self.modules[path]
-        tag = NodeTag(
-            module=path,
-            cls=record.cls,
-            tag=self._class_path(path),
-            source=source,
-            call=call if record.calls > 1 or call > 0 else None,
-        )
-        schema.write_node_tag(node, tag)
-        if source is TagSource.INFERRED:
-            node.metadata_props[schema.NAMESPACE_KEY] = self._namespace(stack, node)
 
-    def _class_path(self, path: str) -> str:
-        if path not in self._class_paths:
-            self._class_paths[path] = schema.class_path(path, self.modules)
-        return self._class_paths[path]
-
-    def _namespace(self, stack: Stack, node: ir.Node) -> str:
-        """Builds a namespace in torch.onnx's format, which Model Explorer splits into layers."""
-        parts = [f"{path}: {self.modules[path].qualified_cls}" for path, _ in stack]
-        parts.append(f"{node.name}: {node.op_type}")
-        return "/".join(parts)
+def ensure_tagged(model: ir.Model) -> None:
+    """The postcondition of every tagging pass: no node without ``hierarchy.module``."""
+    for node in ir_nodes(model):
+        if schema.MODULE_KEY not in node.metadata_props:
+            raise ir.passes.PostconditionError(f"Node {node.name!r} ({node.op_type}) has no hierarchy tag")
 
 
 def infer_stacks(nodes: Sequence[ir.Node], stacks: dict[ir.Node, Stack]) -> None:

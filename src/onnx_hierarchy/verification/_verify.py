@@ -34,6 +34,7 @@ from onnx_hierarchy.errors import InputSpecError, ModelFileError, ModelSourceErr
 from onnx_hierarchy.runtime import _compare, _feeds, _session
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
 from onnx_hierarchy.runtime._tolerance import VERIFY_ATOL, VERIFY_RTOL
+from onnx_hierarchy.tagging._derivation import Derivation, Evidence, derive
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +51,9 @@ class CallStatus(str, enum.Enum):
     OK = "ok"
     OVER = "over tolerance"
     NOT_COMPARABLE = "not comparable"
+    # Against a reference, for a module call the model no longer has nodes for:
+    FUSED = "fused"  # its work is done by a node tagged with another module (the reason names it)
+    REMOVED = "removed"  # folded into constants, or computing nothing the model still uses
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ class VerifyResult:
 
     @property
     def compared(self) -> int:
-        return sum(c.status != CallStatus.NOT_COMPARABLE for c in self.calls)
+        return sum(c.status in (CallStatus.OK, CallStatus.OVER) for c in self.calls)
 
     @property
     def over_tolerance(self) -> list[CallComparison]:
@@ -198,9 +202,11 @@ def verify(
             expected = other.run(feeds, policy, also=target.model.produced)
         with clock("onnx"):
             actual = target.run(feeds, policy)
-        calls = _compare_onnx(target, other, actual, expected, atol, rtol)
+        derivation = derive(other.model.hierarchy, target.model.hierarchy)
+        calls = _account(_compare_onnx(target, other, actual, expected, atol, rtol, derivation), other, derivation)
+        notices = tuple(n for side in (target, other) if (n := side.model.hierarchy.untagged_notice()))
         return VerifyResult(
-            target.model.path, str(reference), atol, rtol, tuple(calls), _shapes(feeds), parents=target.parents()
+            target.model.path, str(reference), atol, rtol, tuple(calls), _shapes(feeds), notices, target.parents()
         )
 
     from onnx_hierarchy.hf._generation import installed  # torch and transformers: only when compared with them
@@ -223,7 +229,7 @@ def verify(
         rtol,
         tuple(calls),
         _shapes(feeds),
-        tuple(warnings),
+        (*warnings, *filter(None, [target.model.hierarchy.untagged_notice()])),
         target.parents(),
     )
 
@@ -422,6 +428,52 @@ def _compare_torch(
     return results
 
 
+def _account(calls: list[CallComparison], other: _Side, derivation: Derivation) -> list[CallComparison]:
+    """Every module call of the reference, in its order: compared, or (when the model has no nodes for it)
+    fused into the node of another module that now does its work, or removed. Calls only the model has
+    follow."""
+    reference = other.model.hierarchy
+    mine = {(c.module, c.call if c.call is not None else 0): c for c in calls}
+    members: dict[CallKey, list[int]] = collections.defaultdict(list)
+    for index, keys in enumerate(reference.call_memberships):
+        for key in keys:
+            members[key].append(index)
+    derived_nodes = derivation.derived.node_list
+    result = []
+    for key in other.boundaries.order:
+        if key in mine:
+            result.append(mine.pop(key))
+            continue
+        module, call_index = key
+        record = reference.modules[module]
+        call = call_index if record.calls > 1 else None
+        doers = sorted({d for i in members.get(key, ()) for d in derivation.standing_for.get(i, ())})
+        if not doers:
+            reason = "no node computes its work any more (folded into constants, or unused)"
+            result.append(CallComparison(module, record.cls, call, CallStatus.REMOVED, reason=reason))
+            continue
+        where = collections.Counter(
+            f"{derived_nodes[d].module or '(root)'} ({derived_nodes[d].op_type})" for d in doers
+        )
+        reason = "into " + ", ".join(where)
+        result.append(CallComparison(module, record.cls, call, CallStatus.FUSED, reason=reason))
+    result.extend(mine.values())
+    return result
+
+
+def _twins(derivation: Derivation) -> dict[str, frozenset[str]]:
+    """Per value of the derived model, the reference values it may be a renamed copy of: those of the
+    source node its producer still is (kept, replaced one to one, or named after)."""
+    same = (Evidence.KEPT, Evidence.REPLACED, Evidence.NAMED)
+    reference = derivation.source.node_list
+    found: dict[str, frozenset[str]] = {}
+    for node, origin in zip(derivation.derived.node_list, derivation.origins, strict=True):
+        if origin.evidence in same and len(origin.sources) == 1:
+            twins = frozenset(reference[origin.sources[0]].outputs)
+            found.update((value, twins) for value in node.outputs)
+    return found
+
+
 def _take_match(
     candidates: list[str], values: Mapping[str, np.ndarray], shape: tuple[int, ...], kind: str
 ) -> str | None:
@@ -487,14 +539,17 @@ def _compare_onnx(
     expected: Mapping[str, np.ndarray],
     atol: float,
     rtol: float,
+    derivation: Derivation,
 ) -> list[CallComparison]:
     """Module calls of ``target`` against the same calls of ``other``.
 
     A value is compared with the reference's value of the same name when the reference has one (converters
     and quantizers keep names). A value the reference lacks (fp16 conversion renames the values feeding the
-    graph outputs) is paired by shape and kind with one of the reference's values leaving the same call
-    that the target's call does not name.
+    graph outputs) is paired by shape and kind with a value of the reference's node it stands for, leaving
+    the same call; never with a value another node computes (ORT's GPT-2 fusion writes a Linear's product
+    without its bias to a new value: the bias went into the next node).
     """
+    twins = _twins(derivation)
     results = []
     for key in target.boundaries.order:
         module, call_index = key
@@ -518,7 +573,10 @@ def _compare_onnx(
                 same = tuple(expected[name].shape) == shape and _kind(expected[name].dtype) == kind
                 match: str | None = name if same else None
             else:
-                match = _take_match(theirs, expected, shape, kind)
+                candidates = [t for t in theirs if t in twins.get(name, ())]
+                match = _take_match(candidates, expected, shape, kind)
+                if match is not None:
+                    theirs.remove(match)
             if match is None:
                 unpaired.append(shape)
             else:

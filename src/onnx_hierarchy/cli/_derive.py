@@ -1,0 +1,132 @@
+"""``onnx-hierarchy retag`` and ``onnx-hierarchy optimize``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.table import Table
+
+from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
+from onnx_hierarchy.cli._output import Output
+
+if TYPE_CHECKING:
+    from onnx_hierarchy.deriving._optimize import OptimizeResult
+    from onnx_hierarchy.deriving._retag import RetagResult
+
+FORMATS = click.Choice(["text", "json"])
+
+
+@click.command("retag")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("derived", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The tagged model to write.")
+@click.option("--format", "fmt", type=FORMATS, default="text", show_default=True)
+def retag_command(source: Path, derived: Path, output: Path, fmt: str) -> int:
+    """Tag every node of DERIVED, a model another tool made from the tagged SOURCE.
+
+    \b
+    Nodes the tool left alone keep their tags; fused nodes get the module
+    their work was done in (hierarchy.source "fused"); nodes the tool
+    added are placed by name, weights or the nodes they serve ("derived").
+      onnx-hierarchy retag model.onnx model.ort-opt.onnx -o model.opt.onnx
+    """
+    from onnx_hierarchy.deriving._retag import retag
+
+    out = Output(fmt)
+    with out.progress() as progress:
+        result = retag(source, derived, output, progress=progress)
+    out.result(_render_retag(result), result.to_json())
+    return EXIT_OK
+
+
+@click.command("optimize")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The optimized model.")
+@click.option(
+    "--fusions", type=click.Choice(["onnxscript", "ort"]), help="onnxscript's ORT fusions or ORT's optimizer."
+)
+@click.option("--model-type", help="For --fusions ort: ORT's model type (default: the export's, else bert).")
+@click.option("--level", type=click.Choice(["basic", "extended", "all"]), help="ORT graph optimization, saved.")
+@click.option("--fp16", is_flag=True, help="Convert to float16; inputs and outputs stay float32.")
+@click.option("--quantize", type=click.Choice(["dynamic", "qdq"]), help="int8: dynamic, or static QDQ.")
+@click.option(
+    "--inputs",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Inputs (.npz) to calibrate and check on. Default: generated.",
+)
+@click.option("--no-check", is_flag=True, help="Do not compare the result with MODEL in ONNX Runtime.")
+@click.option("--format", "fmt", type=FORMATS, default="text", show_default=True)
+def optimize_command(
+    model: Path,
+    output: Path,
+    fusions: str | None,
+    model_type: str | None,
+    level: str | None,
+    fp16: bool,
+    quantize: str | None,
+    inputs: Path | None,
+    no_check: bool,
+    fmt: str,
+) -> int:
+    """Optimize a tagged MODEL with the standard tools; keep every tag.
+
+    \b
+    Steps run in this order, each retagged: --fusions, --level, then
+    --fp16 or --quantize. Exit 1 if the result differs from MODEL
+    beyond tolerance (quantized results are reported, not judged).
+      onnx-hierarchy optimize model.onnx -o model.opt.onnx --fusions ort
+      onnx-hierarchy optimize model.onnx -o model.int8.onnx --quantize dynamic
+    """
+    from onnx_hierarchy.deriving._optimize import optimize
+
+    out = Output(fmt)
+    with out.progress() as progress:
+        result = optimize(
+            model,
+            output,
+            fusions=fusions,
+            model_type=model_type,
+            level=level,
+            fp16=fp16,
+            quantize=quantize,
+            inputs=inputs,
+            check=not no_check,
+            progress=progress,
+        )
+    out.result(_render_optimize(result), result.to_json())
+    return EXIT_OK if result.passed else EXIT_CHECK_FAILED
+
+
+def _tags(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count} {source}" for source, count in counts.items())
+
+
+def _render_retag(result: RetagResult) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_row("wrote", str(result.output))
+    table.add_row("nodes", f"{result.nodes} tagged: {_tags(result.tags)}")
+    table.add_row("placed by", _tags(result.evidence))
+    if result.removed:
+        table.add_row("removed", f"{result.removed} nodes of {result.source.name} are computed by no node any more")
+    table.add_row("steps", " → ".join(step.step for step in result.steps))
+    return table
+
+
+def _render_optimize(result: OptimizeResult) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_row("wrote", str(result.output))
+    for step in result.steps:
+        before, after = step.nodes
+        table.add_row(step.step, f"{before} → {after} nodes, {_tags(step.tags)}  [dim]{step.seconds:.1f} s[/]")
+    check = result.check
+    if check is not None:
+        worst = f"max abs diff {check.worst:.2e}"
+        if check.passed is None:
+            table.add_row("check", f"{worst} [dim](quantized: reported, not judged)[/]")
+        elif check.passed:
+            table.add_row("check", f"[green]ok[/]: {worst} <= {check.atol:g}")
+        else:
+            table.add_row("check", f"[red]over tolerance[/]: {worst} > {check.atol:g}")
+    return table
