@@ -20,6 +20,8 @@ import onnxruntime as ort
 import pytest
 
 import onnx_hierarchy
+from architectures import REQUIRED
+from conftest import Exported
 from onnx_hierarchy import schema
 from onnx_hierarchy.runtime import _feeds
 from weights import perturbed_checkpoint, scaled_weight
@@ -287,6 +289,23 @@ def test_model_explorer_draws_nodes_inside_their_modules(
         inside = sum(_in_layer(n.namespace, modules[n.id]) for n in graph.nodes if n.id in modules)
         total = len(model.graph.node)
         assert inside >= 0.99 * total, f"{path.name}: {inside} of {total} nodes inside their module"
+
+
+@pytest.mark.parametrize("model_type", REQUIRED)
+def test_model_explorer_draws_every_export_inside_its_modules(
+    model_type: str, exported: Callable[[str], Exported]
+) -> None:
+    """The plain exports of every required architecture (GPT-2's Split nodes, traced through their output
+    names, included)."""
+    from model_explorer_onnx.main import ONNXAdapter
+
+    path = exported(model_type).result.output
+    model = onnx.load(path, load_external_data=False)
+    modules = {n.name: _props(n)[schema.MODULE_KEY] for n in model.graph.node}
+    graph = ONNXAdapter().convert(str(path), {})["graphs"][0]
+    inside = sum(_in_layer(n.namespace, modules[n.id]) for n in graph.nodes if n.id in modules)
+    assert inside >= 0.99 * len(model.graph.node)
+    assert all(schema.NAMESPACE_KEY in _props(n) for n in model.graph.node)
 
 
 def _in_layer(namespace: str, module: str) -> bool:
