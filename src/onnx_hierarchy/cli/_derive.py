@@ -50,7 +50,9 @@ def retag_command(source: Path, derived: Path, output: Path, fmt: str) -> int:
 @click.option("--model-type", help="For --fusions ort: ORT's model type (default: the export's, else bert).")
 @click.option("--level", type=click.Choice(["basic", "extended", "all"]), help="ORT graph optimization, saved.")
 @click.option("--fp16", is_flag=True, help="Convert to float16; inputs and outputs stay float32.")
-@click.option("--quantize", type=click.Choice(["dynamic", "qdq"]), help="int8: dynamic, or static QDQ.")
+@click.option(
+    "--quantize", type=click.Choice(["dynamic", "qdq", "int4"]), help="int8 dynamic or static QDQ; int4 MatMul weights."
+)
 @click.option(
     "--inputs",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),

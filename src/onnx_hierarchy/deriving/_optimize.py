@@ -129,7 +129,8 @@ def optimize(
         model_type: For ``ort`` fusions: ONNX Runtime's model type (default: the exported model's, if known).
         level: ONNX Runtime graph optimization to apply and save: ``basic``, ``extended`` or ``all``.
         fp16: Convert to float16, inputs and outputs kept in float32.
-        quantize: ``dynamic`` or ``qdq`` (static, calibrated on ``inputs`` or generated inputs).
+        quantize: ``dynamic`` or ``qdq`` (int8; static QDQ calibrated on ``inputs`` or generated inputs), or
+            ``int4`` (weight-only, MatMulNBits).
         inputs: ``.npz`` inputs for calibration and the check (default: generated from the export record).
         check: Run the result against ``model`` in ONNX Runtime.
         progress: Called as stages start and finish.

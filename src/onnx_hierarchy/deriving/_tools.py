@@ -21,7 +21,7 @@ __all__ = ["FUSIONS", "LEVELS", "QUANTIZATIONS", "Tool", "fp16", "fusions", "qua
 
 FUSIONS = ("onnxscript", "ort")
 LEVELS = ("basic", "extended", "all")
-QUANTIZATIONS = ("dynamic", "qdq")
+QUANTIZATIONS = ("dynamic", "qdq", "int4")
 
 # Loggers of the tools (ONNX Runtime's transformers optimizer logs under its module names).
 _LOGGERS = ("onnxruntime", "onnx_model", "fusion_base", "fusion_utils", "onnxscript", "onnx_ir", "root")
@@ -157,8 +157,10 @@ def fp16() -> Tool:
 
 
 def quantization(kind: str, calibration: Mapping[str, np.ndarray]) -> Tool:
-    """int8 quantization: ``dynamic`` (weights int8, activations quantized at run time) or ``qdq`` (static,
-    QuantizeLinear/DequantizeLinear pairs, activation ranges calibrated on ``calibration``)."""
+    """Quantization: ``dynamic`` (int8 weights, activations quantized at run time), ``qdq`` (static int8,
+    QuantizeLinear/DequantizeLinear pairs, activation ranges calibrated on ``calibration``) or ``int4``
+    (MatMul weights to 4 bits in blocks of 32, ``MatMulNBits``: how onnxruntime-genai deploys decoders on
+    CPU, where decoding one token is bound by reading the weights)."""
     if kind not in QUANTIZATIONS:
         raise OptimizationError(f"unknown --quantize {kind!r}; use one of {', '.join(QUANTIZATIONS)}")
     import onnx
@@ -170,6 +172,15 @@ def quantization(kind: str, calibration: Mapping[str, np.ndarray]) -> Tool:
         from onnxruntime import quantization as q
 
         large = _large(source)
+        if kind == "int4":
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+            quantizer = MatMulNBitsQuantizer(
+                onnx.load(source), bits=4, block_size=32, is_symmetric=True, accuracy_level=4
+            )
+            quantizer.process()
+            quantizer.model.save_model_to_file(str(output), use_external_data_format=large)
+            return
         if kind == "dynamic":
             q.quantize_dynamic(source, output, use_external_data_format=large, extra_options=options)
             return
