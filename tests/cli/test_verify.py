@@ -12,7 +12,7 @@ import pytest
 
 from conftest import Exported, RunCli
 from onnx_hierarchy.runtime import _feeds
-from test_verify import _perturbed
+from weights import scaled_weight
 
 
 def test_agreement_exits_0_with_the_tree(exported: Callable[[str], Exported], run_cli: RunCli) -> None:
@@ -26,7 +26,7 @@ def test_divergence_exits_1_and_points_at_the_module(
     exported: Callable[[str], Exported], tmp_path: Path, run_cli: RunCli
 ) -> None:
     source = exported("bert")
-    broken = _perturbed(source.result.output, "encoder.layer.0.intermediate.dense", tmp_path / "broken.onnx")
+    broken = scaled_weight(source.result.output, "encoder.layer.0.intermediate.dense", tmp_path / "broken.onnx")
     args = ["verify", str(broken), "--model", str(source.config_dir)]
     code, out, _ = run_cli(args)
     assert code == 1
