@@ -27,6 +27,28 @@ class Exported:
 
 RunCli = Callable[[list[str]], tuple[int, str, str]]
 
+# What `optimize` is asked to do, by name: the tools of the retag issue, and a chain.
+PIPELINES = {
+    "ort-fusions": {"fusions": "ort"},
+    "onnxscript-fusions": {"fusions": "onnxscript"},
+    "level-extended": {"level": "extended"},
+    "level-all": {"level": "all"},
+    "dynamic": {"quantize": "dynamic"},
+    "qdq": {"quantize": "qdq"},
+    "int4": {"quantize": "int4"},
+    "fp16": {"fp16": True},
+    "ort-fusions+dynamic": {"fusions": "ort", "quantize": "dynamic"},
+}
+
+
+@dataclass(frozen=True)
+class Optimized:
+    """A perturbed tiny export and what one pipeline of ``optimize`` made of it."""
+
+    export: Path
+    output: Path
+    pipeline: str
+
 
 @pytest.fixture()
 def run_cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
@@ -77,5 +99,41 @@ def exported(tmp_path_factory: pytest.TempPathFactory, config_dir: Callable[[str
             result = onnx_hierarchy.export(config_dir(model_type), output, sidecar=True)
             cache[model_type] = Exported(config_dir(model_type), result, ir.load(output))
         return cache[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def perturbed_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The tiny model of a type, with non-zero biases, exported once per session."""
+    import onnx_hierarchy
+    from weights import perturbed_checkpoint
+
+    made: dict[str, Path] = {}
+
+    def get(model_type: str) -> Path:
+        if model_type not in made:
+            folder = tmp_path_factory.mktemp(f"perturbed-{model_type}")
+            checkpoint = perturbed_checkpoint(model_type, folder / "checkpoint")
+            made[model_type] = onnx_hierarchy.export(checkpoint, folder / "model.onnx").output
+        return made[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def optimized(perturbed_export: Callable[[str], Path]) -> Callable[[str, str], Optimized]:
+    """A perturbed export through one of :data:`PIPELINES`, once per session."""
+    import onnx_hierarchy
+
+    made: dict[tuple[str, str], Optimized] = {}
+
+    def get(model_type: str, pipeline: str) -> Optimized:
+        if (model_type, pipeline) not in made:
+            export = perturbed_export(model_type)
+            output = export.with_name(f"{pipeline}.onnx")
+            onnx_hierarchy.optimize(export, output, check=False, **PIPELINES[pipeline])  # the tests check it, in ORT
+            made[model_type, pipeline] = Optimized(export, output, pipeline)
+        return made[model_type, pipeline]
 
     return get

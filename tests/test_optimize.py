@@ -11,7 +11,6 @@ import ast
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,65 +20,17 @@ import pytest
 
 import onnx_hierarchy
 from architectures import REQUIRED
-from conftest import Exported
+from conftest import PIPELINES, Exported, Optimized
 from onnx_hierarchy import schema
 from onnx_hierarchy.runtime import _feeds
-from weights import perturbed_checkpoint, scaled_weight
+from weights import scaled_weight
 
 ARCHITECTURES = ("bert", "gpt2", "vit", "t5")
-PIPELINES = {
-    "ort-fusions": {"fusions": "ort"},
-    "onnxscript-fusions": {"fusions": "onnxscript"},
-    "level-extended": {"level": "extended"},
-    "level-all": {"level": "all"},
-    "dynamic": {"quantize": "dynamic"},
-    "qdq": {"quantize": "qdq"},
-    "int4": {"quantize": "int4"},
-    "fp16": {"fp16": True},
-    "ort-fusions+dynamic": {"fusions": "ort", "quantize": "dynamic"},
-}
 EXACT = ("ort-fusions", "onnxscript-fusions", "level-extended", "level-all")
 # A layer: a numbered block of a ModuleList (encoder.layer.3, h.3, block.3, layers.3).
 LAYER = re.compile(r"^(.*?(?:^|\.)(?:layer|layers|h|block)\.\d+)(?:\.|$)")
 ATTENTION_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention"}
 NORM_OPS = {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"}
-
-
-@dataclass(frozen=True)
-class Optimized:
-    export: Path
-    output: Path
-    pipeline: str
-
-
-@pytest.fixture(scope="session")
-def perturbed_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """The tiny model of a type, with non-zero biases, exported once per session."""
-    made: dict[str, Path] = {}
-
-    def get(model_type: str) -> Path:
-        if model_type not in made:
-            folder = tmp_path_factory.mktemp(f"perturbed-{model_type}")
-            checkpoint = perturbed_checkpoint(model_type, folder / "checkpoint")
-            made[model_type] = onnx_hierarchy.export(checkpoint, folder / "model.onnx").output
-        return made[model_type]
-
-    return get
-
-
-@pytest.fixture(scope="session")
-def optimized(perturbed_export: Callable[[str], Path]) -> Callable[[str, str], Optimized]:
-    made: dict[tuple[str, str], Optimized] = {}
-
-    def get(model_type: str, pipeline: str) -> Optimized:
-        if (model_type, pipeline) not in made:
-            export = perturbed_export(model_type)
-            output = export.with_name(f"{pipeline}.onnx")
-            onnx_hierarchy.optimize(export, output, check=False, **PIPELINES[pipeline])  # checked below, in ORT
-            made[model_type, pipeline] = Optimized(export, output, pipeline)
-        return made[model_type, pipeline]
-
-    return get
 
 
 def _props(node: onnx.NodeProto) -> dict[str, str]:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from onnx_hierarchy.inspection._tree import ModuleTree, NodeList, nodes, tree
     from onnx_hierarchy.inspection._validate import ValidationReport, validate
     from onnx_hierarchy.pieces._extract import ExtractResult, Piece, PieceCheck, SkippedModule, extract, extract_all
+    from onnx_hierarchy.profiling._profile import ModuleTime, NodeTime, ProfileComparison, ProfileResult, profile
     from onnx_hierarchy.runtime._session import SessionPolicy
     from onnx_hierarchy.verification._verify import CallComparison, CallStatus, VerifyResult, verify
 
@@ -53,9 +54,11 @@ __all__ = [
     "InputShapes",
     "ModuleDiff",
     "ModuleStats",
+    "ModuleTime",
     "ModuleTree",
     "NodeInfo",
     "NodeList",
+    "NodeTime",
     "OptimizeCheck",
     "OptimizeResult",
     "OptimizeStep",
@@ -63,6 +66,8 @@ __all__ = [
     "PartResult",
     "Piece",
     "PieceCheck",
+    "ProfileComparison",
+    "ProfileResult",
     "RetagResult",
     "SessionPolicy",
     "SkippedModule",
@@ -83,6 +88,7 @@ __all__ = [
     "load",
     "nodes",
     "optimize",
+    "profile",
     "retag",
     "schema",
     "summary",
@@ -136,6 +142,11 @@ _LAZY = {
     "SkippedModule": "onnx_hierarchy.pieces._extract",
     "extract": "onnx_hierarchy.pieces._extract",
     "extract_all": "onnx_hierarchy.pieces._extract",
+    "ModuleTime": "onnx_hierarchy.profiling._profile",
+    "NodeTime": "onnx_hierarchy.profiling._profile",
+    "ProfileComparison": "onnx_hierarchy.profiling._profile",
+    "ProfileResult": "onnx_hierarchy.profiling._profile",
+    "profile": "onnx_hierarchy.profiling._profile",
     "SessionPolicy": "onnx_hierarchy.runtime._session",
     "CallComparison": "onnx_hierarchy.verification._verify",
     "CallStatus": "onnx_hierarchy.verification._verify",

@@ -22,6 +22,7 @@ from onnx_hierarchy.cli._inspect import (
     tree_command,
     validate_command,
 )
+from onnx_hierarchy.cli._profile import profile_command
 from onnx_hierarchy.cli._verify import verify_command
 
 __all__ = ["cli", "main"]
@@ -35,7 +36,7 @@ def cli(debug: bool) -> None:
     inspect any ONNX model module by module (tree, nodes, summary, dag, diff, validate), cut any module
     out as a standalone model (extract), compare it with PyTorch module by module (verify), and decode
     with an exported KV cache beside transformers (generate), and keep the tags through optimizers,
-    quantizers and fp16 (optimize, retag)."""
+    quantizers and fp16 (optimize, retag), and see where ONNX Runtime spends its time per module (profile)."""
 
 
 for command in (export_command, tree_command, nodes_command, summary_command, dag_command, diff_command):
@@ -46,6 +47,7 @@ cli.add_command(verify_command)
 cli.add_command(generate_command)
 cli.add_command(optimize_command)
 cli.add_command(retag_command)
+cli.add_command(profile_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from onnx_hierarchy.core._proto import onnx_pb
 from onnx_hierarchy.errors import InputSpecError
 from onnx_hierarchy.schema import ExportRecord
 
-__all__ = ["dummy_feeds", "load_feeds", "model_feeds", "read_npz"]
+__all__ = ["dummy_feeds", "load_feeds", "model_feeds", "read_npz", "run_feeds"]
 
 _NUMPY_TYPES = {
     onnx_pb.TensorProto.FLOAT: np.float32,
@@ -73,6 +73,54 @@ def model_feeds(
     if inputs is not None:
         return load_feeds(Path(inputs), model)
     return dummy_feeds(model, {i.name: i.shape for i in record.inputs} if record is not None else None)
+
+
+def run_feeds(
+    model: onnx_pb.ModelProto,
+    record: ExportRecord | None,
+    *,
+    inputs: str | os.PathLike[str] | None = None,
+    text: str | None = None,
+    source: str | None = None,
+    sequence_length: int | None = None,
+) -> dict[str, np.ndarray]:
+    """The inputs a command runs a model on: ``inputs`` (``.npz``), ``text`` tokenized with the tokenizer of
+    ``source`` (default: the recorded source), or generated at the recorded shapes, their ``sequence``
+    axes set to ``sequence_length`` when given.
+
+    Raises:
+        InputSpecError: Both ``inputs`` and ``text``; arrays or a tokenizer that do not fit the model.
+    """
+    if inputs is not None and text is not None:
+        raise InputSpecError("give --inputs or --text, not both")
+    if text is not None:
+        return _tokenized(model, text, source or (record.source if record else None))
+    if inputs is not None or sequence_length is None:
+        return model_feeds(model, record, inputs)
+    shapes = {}
+    for item in record.inputs if record is not None else ():
+        shape = list(item.shape)
+        for axis, name in item.dynamic_axes.items():
+            if "sequence" in name and axis < len(shape):
+                shape[axis] = sequence_length
+        shapes[item.name] = shape
+    return dummy_feeds(model, shapes)
+
+
+def _tokenized(model: onnx_pb.ModelProto, text: str, source: str | None) -> dict[str, np.ndarray]:
+    from onnx_hierarchy.hf._tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(source, "pass --inputs FILE.npz instead")
+    encoded = tokenizer(text, return_tensors="np")
+    initializers = {t.name for t in model.graph.initializer}
+    wanted = [v for v in model.graph.input if v.name not in initializers]
+    missing = [v.name for v in wanted if v.name not in encoded]
+    if missing:
+        raise InputSpecError(
+            f"the tokenizer of {source} does not produce {', '.join(missing)}, which the model takes; "
+            "pass --inputs FILE.npz"
+        )
+    return {v.name: np.asarray(encoded[v.name]).astype(np.int64) for v in wanted}
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ by ONNX Runtime from where they already are on disk instead of being copied thro
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,12 +71,18 @@ class RuntimeFailure(Exception):
 
 
 def session(
-    model: onnx_pb.ModelProto | Path, folder: Path | None = None, policy: SessionPolicy = DEFAULT_POLICY
+    model: onnx_pb.ModelProto | Path,
+    folder: Path | None = None,
+    policy: SessionPolicy = DEFAULT_POLICY,
+    configure: Callable[[ort.SessionOptions], None] | None = None,
 ) -> ort.InferenceSession:
-    """A session under ``policy``, for a file or for an in-memory header whose weights live in ``folder``."""
+    """A session under ``policy``, for a file or for an in-memory header whose weights live in ``folder``;
+    ``configure`` adds to the options (profiling, saving the optimized graph)."""
     import onnxruntime as ort
 
     options = policy.options()
+    if configure is not None:
+        configure(options)
     if isinstance(model, onnx_pb.ModelProto):
         if folder is not None:
             options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))

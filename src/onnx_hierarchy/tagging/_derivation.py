@@ -97,6 +97,20 @@ class Derivation:
                 found[source].append(index)
         return {k: tuple(v) for k, v in found.items()}
 
+    @functools.cached_property
+    def calls(self) -> tuple[tuple[str, int | None], ...]:
+        """Per derived node, the module call it belongs to: a kept node its source node's, every other
+        node the call its tag names (``None`` for a module that ran once, as in ``NodeInfo.call``)."""
+        found = []
+        for origin in self.origins:
+            if origin.evidence is Evidence.KEPT:
+                source = self.source.node_list[origin.sources[0]]
+                found.append((source.module, source.call))
+            else:
+                module, call = origin.stack[-1]
+                found.append((module, call if self.source.modules[module].calls > 1 else None))
+        return tuple(found)
+
     def evidence_counts(self) -> dict[str, int]:
         """How many derived nodes each kind of evidence placed."""
         counts = collections.Counter(origin.evidence.value for origin in self.origins)

@@ -24,9 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
-from onnx_hierarchy import schema
 from onnx_hierarchy.core._hierarchy import Hierarchy
 from onnx_hierarchy.core._progress import ProgressCallback, StageClock
 from onnx_hierarchy.core._tagged import TaggedModel
@@ -197,7 +195,7 @@ def verify(
                 f"{other.model.path.name} is a {other.model.record.model_type} model, but {target.model.path.name} a "
                 f"{record.model_type} one; compare two exports of the same source"
             )
-        feeds = _inputs_for(target.model.proto, record, inputs, text, None)
+        feeds = _feeds.run_feeds(target.model.proto, record, inputs=inputs, text=text)
         with clock("reference"):
             expected = other.run(feeds, policy, also=target.model.produced)
         with clock("onnx"):
@@ -215,7 +213,7 @@ def verify(
     with clock("build"):
         rebuilt = rebuild(target.model, source)
         spec, warnings = rebuilt.spec, rebuilt.warnings
-        feeds = _inputs_for(target.model.proto, record, inputs, text, spec)
+        feeds = _feeds.run_feeds(target.model.proto, record, inputs=inputs, text=text, source=spec)
     with clock("torch"), installed(rebuilt.model, rebuilt.part) as torch_model:
         python_names = rebuilt.part.python_names() if rebuilt.part is not None else {}
         recorded, input_identities = _record_calls(torch_model, feeds, python_names)
@@ -289,36 +287,6 @@ def _call_boundaries(hierarchy: Hierarchy) -> _Boundaries:
             for key in keys:
                 last[key] = node.index
     return _Boundaries(outputs, sorted(last, key=lambda k: (last[k], -len(k[0]))))
-
-
-def _inputs_for(
-    proto: onnx.ModelProto,
-    record: schema.ExportRecord | None,
-    inputs: str | os.PathLike[str] | None,
-    text: str | None,
-    spec: str | None,
-) -> dict[str, np.ndarray]:
-    if inputs is not None and text is not None:
-        raise InputSpecError("give --inputs or --text, not both")
-    if text is not None:
-        return _tokenized(proto, text, spec or (record.source if record else None))
-    return _feeds.model_feeds(proto, record, inputs)
-
-
-def _tokenized(proto: onnx.ModelProto, text: str, spec: str | None) -> dict[str, np.ndarray]:
-    from onnx_hierarchy.hf._tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(spec, "pass --inputs FILE.npz instead")
-    encoded = tokenizer(text, return_tensors="np")
-    initializers = {t.name for t in proto.graph.initializer}
-    wanted = [v for v in proto.graph.input if v.name not in initializers]
-    missing = [v.name for v in wanted if v.name not in encoded]
-    if missing:
-        raise InputSpecError(
-            f"the tokenizer of {spec} does not produce {', '.join(missing)}, which the model takes; "
-            "pass --inputs FILE.npz"
-        )
-    return {v.name: np.asarray(encoded[v.name]).astype(np.int64) for v in wanted}
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Where ONNX Runtime spends its time, per module: ``profile``."""

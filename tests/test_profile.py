@@ -1,0 +1,148 @@
+"""Where the time goes, per module: every kernel attributed, shares that agree with timing a piece alone."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import transformers
+
+import onnx_hierarchy
+from conftest import Optimized
+from onnx_hierarchy import schema
+from onnx_hierarchy.runtime import _feeds, _session
+
+ARCHITECTURES = ("bert", "gpt2", "vit", "t5")
+LEVELS = ("disable", "basic", "extended", "all")
+RunCli = Callable[[list[str]], tuple[int, str, str]]
+AT_128 = onnx_hierarchy.InputShapes(batch_size=1, sequence_length=128)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_every_kernel_lands_on_a_module(
+    model_type: str, level: str, optimized: Callable[[str, str], Optimized], perturbed_export: Callable[[str], Path]
+) -> None:
+    files = [perturbed_export(model_type)] + [optimized(model_type, p).output for p in ("ort-fusions", "dynamic")]
+    for path in files:
+        result = onnx_hierarchy.profile(path, runs=3, warmup=1, level=level)
+        modules = {m["path"] for m in json.loads(_metadata(path)[schema.MODULES_KEY])}
+        assert result.total_ms > 0 and result.attributed_ms >= 0.99 * result.total_ms, path.name
+        assert all(n.module in modules for n in result.nodes if n.module is not None)
+        # Module self times are a partition of the kernel time; the root's total is all of it.
+        assert sum(m.self_ms for m in result.modules) == pytest.approx(result.attributed_ms, rel=1e-9)
+        assert result.module("").total_ms == pytest.approx(result.attributed_ms, rel=1e-9)
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+
+
+@pytest.fixture(scope="module")
+def four_layers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-layer BERT of hidden size 256 at sequence 128: milliseconds per layer, enough to time alone."""
+    folder = tmp_path_factory.mktemp("bert-4")
+    config = transformers.BertConfig(
+        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, vocab_size=1000
+    )
+    config.save_pretrained(folder / "config")
+    return onnx_hierarchy.export(folder / "config", folder / "model.onnx", shapes=AT_128, check=False).output
+
+
+def test_a_layer_share_agrees_with_timing_it_alone(four_layers: Path, tmp_path: Path) -> None:
+    """The profile's share of encoder.layer.1 against the layer cut out as a piece and timed alone, on the
+    values the whole model hands it, both at the same settings (an independent measurement)."""
+    module = "encoder.layer.1"
+    result = onnx_hierarchy.profile(four_layers, runs=20, warmup=3, threads=1)
+    profiled = result.module(module).total_ms / result.total_ms
+    piece = onnx_hierarchy.extract(four_layers, module, tmp_path / "layer.onnx").pieces[0]
+    proto = onnx.load(four_layers, load_external_data=False)
+    feeds = _feeds.model_feeds(proto, schema.read_export_record(_metadata(four_layers)))
+    values = _session.run(proto, four_layers.parent, feeds, piece.inputs)
+    whole = _median_ms(four_layers, feeds)
+    alone = _median_ms(piece.output, {name: values[name] for name in piece.inputs})
+    assert abs(profiled - alone / whole) <= 0.05, (profiled, alone / whole)
+
+
+def _median_ms(path: Path, feeds: dict[str, np.ndarray], runs: int = 30) -> float:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 4
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    accepted = {i.name for i in session.get_inputs()}
+    feeds = {k: v for k, v in feeds.items() if k in accepted}
+    for _ in range(3):
+        session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+@pytest.mark.slow
+def test_bert_base_layers_take_the_same_time(tmp_path: Path) -> None:
+    """12 identical layers at sequence 128: each within 15% of their mean; self times add up to the kernels."""
+    transformers.BertConfig().save_pretrained(tmp_path / "config")  # BERT-base: 12 layers, hidden 768
+    path = onnx_hierarchy.export(tmp_path / "config", tmp_path / "model.onnx", shapes=AT_128, check=False).output
+    result = onnx_hierarchy.profile(path, runs=10, warmup=2)
+    layers = [result.module(f"encoder.layer.{i}").total_ms for i in range(12)]
+    mean = statistics.mean(layers)
+    assert all(abs(ms - mean) <= 0.15 * mean for ms in layers), layers
+    assert sum(m.self_ms for m in result.modules) == pytest.approx(result.total_ms, rel=0.01)
+
+
+def test_node_data_trace_and_comparison(
+    optimized: Callable[[str, str], Optimized], tmp_path: Path, run_cli: RunCli
+) -> None:
+    fused = optimized("bert", "ort-fusions")
+    args = ["profile", str(fused.export), "--runs", "3", "--node-data", str(tmp_path / "nd.json")]
+    code, out, _ = run_cli([*args, "--trace", str(tmp_path / "trace.json"), "--format", "json"])
+    assert code == 0
+    result = json.loads(out)
+    assert {"total_ms", "attributed_ms", "runs", "level", "modules"} <= set(result)
+    assert all({"module", "class", "calls", "self_ms", "total_ms", "share"} <= set(m) for m in result["modules"])
+    names = {n.name for n in onnx.load(fused.export, load_external_data=False).graph.node}
+    node_data = json.loads((tmp_path / "nd.json").read_text())["results"]
+    assert node_data and set(node_data) <= names
+    assert sum(v["value"] for v in node_data.values()) == pytest.approx(result["attributed_ms"], rel=0.02)
+    trace = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    tracks = {e["args"]["name"] for e in trace if e["ph"] == "M"}
+    tops = {(e["args"]["module"] or "").split(".")[0] or "(root)" for e in trace if e["ph"] == "X"}
+    assert tracks == tops and "encoder" in tracks
+    code, out, _ = run_cli(
+        ["profile", str(fused.export), "--compare", str(fused.output), "--runs", "3", "--format", "json"]
+    )
+    rows = {r["module"]: r for r in json.loads(out)["modules"]}
+    assert code == 0 and rows["encoder.layer.0"]["b_ms"] > 0 and rows["encoder.layer.0"]["speedup"] > 0
+
+
+def test_bad_input_is_one_line_and_exit_2(
+    perturbed_export: Callable[[str], Path], tmp_path: Path, run_cli: RunCli
+) -> None:
+    export = perturbed_export("bert")
+    untagged = tmp_path / "untagged.onnx"
+    model = onnx.load(export)
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.save(model, untagged)
+    np.savez(tmp_path / "names.npz", tokens=np.ones((1, 8), dtype=np.int64))
+    np.savez(tmp_path / "shapes.npz", input_ids=np.ones((1, 8, 2), dtype=np.int64))
+    cases = [
+        (["profile", str(untagged)], "retag"),
+        (["profile", str(export), "--inputs", str(tmp_path / "names.npz")], "input"),
+        (["profile", str(export), "--inputs", str(tmp_path / "shapes.npz")], "input_ids"),
+        (["profile", str(export), "--runs", "0"], "--runs 0"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(args)
+        assert code == 2, args
+        assert message in err and len(err.strip().splitlines()) == 1, err
