@@ -15,7 +15,7 @@ import pytest
 import transformers
 
 import onnx_hierarchy
-from conftest import Optimized
+from conftest import PIPELINES, Optimized
 from onnx_hierarchy import schema
 from onnx_hierarchy.runtime import _feeds, _session
 
@@ -30,7 +30,7 @@ AT_128 = onnx_hierarchy.InputShapes(batch_size=1, sequence_length=128)
 def test_every_kernel_lands_on_a_module(
     model_type: str, level: str, optimized: Callable[[str, str], Optimized], perturbed_export: Callable[[str], Path]
 ) -> None:
-    files = [perturbed_export(model_type)] + [optimized(model_type, p).output for p in ("ort-fusions", "dynamic")]
+    files = [perturbed_export(model_type)] + [optimized(model_type, p).output for p in PIPELINES]
     for path in files:
         result = onnx_hierarchy.profile(path, runs=3, warmup=1, level=level)
         modules = {m["path"] for m in json.loads(_metadata(path)[schema.MODULES_KEY])}

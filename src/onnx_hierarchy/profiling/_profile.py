@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from onnx_hierarchy.core._hierarchy import load
+from onnx_hierarchy.core._hierarchy import NodeInfo, load
 from onnx_hierarchy.core._progress import ProgressCallback, StageClock
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.errors import InputSpecError, ModelFileError, summarize
@@ -348,10 +348,12 @@ def _attribute(
         meta[node] = (args.get("op_name", ""), args.get("provider", ""))
         if event["ts"] <= windows[0][1]:
             timeline.append((node, float(event["ts"] - first), float(event["dur"])))
+    timeline.sort(key=lambda item: item[1])
+    expanded = _expansions(timeline, index, [n for n in derived if n.parent is None], set(kernel))
     nodes = []
     for name, micros in kernel.items():
         op_type, provider = meta[name]
-        position = index.get(name)
+        position = index.get(name, expanded.get(name))
         if position is None:
             nodes.append(NodeTime(name, op_type, provider, micros / 1000 / runs, None))
             continue
@@ -374,9 +376,43 @@ def _attribute(
         attributed_ms=attributed,
         modules=_modules(tagged, nodes, total),
         nodes=tuple(nodes),
-        timeline=tuple(sorted(timeline, key=lambda item: item[1])),
+        timeline=tuple(timeline),
         warnings=tuple(filter(None, [tagged.hierarchy.untagged_notice()])),
     )
+
+
+def _expansions(
+    timeline: list[tuple[str, float, float]], index: Mapping[str, int], top_level: list[NodeInfo], ran: set[str]
+) -> dict[str, int]:
+    """Kernels ONNX Runtime makes at session start by expanding a node into its ONNX function body (an op
+    with no kernel for its type, such as fp16 Softmax on CPU) have names of their own, absent from the
+    saved graph. Each consecutive run of them in a run's timeline expands one node that ran no kernel of
+    its own: the k-th run goes to the k-th such node in graph order when the counts agree, else to the
+    node whose kernel ran just before (or, at the start, just after)."""
+    groups: list[tuple[list[str], int | None]] = []
+    previous: int | None = None
+    inside = False
+    for name, _, _ in timeline:
+        if name in index:
+            previous, inside = index[name], False
+            continue
+        if not inside:
+            groups.append(([], previous))
+            inside = True
+        groups[-1][0].append(name)
+    if not groups:
+        return {}
+    silent = [index[n.name] for n in top_level if n.name in index and n.name not in ran]
+    found = {}
+    for k, (names, before) in enumerate(groups):
+        if len(groups) == len(silent):
+            position = silent[k]
+        elif before is not None:
+            position = before
+        else:
+            position = next((index[name] for name, _, _ in timeline if name in index), 0)
+        found.update(dict.fromkeys(names, position))
+    return found
 
 
 def _modules(tagged: TaggedModel, nodes: list[NodeTime], total: float) -> tuple[ModuleTime, ...]:
