@@ -251,3 +251,14 @@ def test_a_head_the_checkpoint_lacks_is_drawn_from_the_seed_and_rebuilt_by_verif
     assert verified.passed and verified.compared == len(verified.calls)
     classifier = next(c for c in verified.calls if c.module == "classifier")
     assert classifier.max_abs_error is not None and classifier.max_abs_error < 1e-6
+
+
+@pytest.mark.parametrize("model_type", ["bert", "gpt2", "t5"])
+def test_the_same_export_twice_is_byte_identical(
+    model_type: str, config_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Tags, metadata and weights come out in the same order every time: files can be diffed and cached."""
+    first = onnx_hierarchy.export(config_dir(model_type), tmp_path / "a.onnx", check=False, sidecar=True)
+    second = onnx_hierarchy.export(config_dir(model_type), tmp_path / "b" / "b.onnx", check=False, sidecar=True)
+    assert first.output.read_bytes() == second.output.read_bytes()
+    assert (tmp_path / "a.hierarchy.json").read_bytes() == (tmp_path / "b" / "b.hierarchy.json").read_bytes()

@@ -28,6 +28,8 @@ def test_config_folder_and_config_file(config_dir: Callable[[str], Path]) -> Non
         (lambda tmp: _write(tmp / "config.json", "{not json"), "not valid JSON"),
         (lambda tmp: _write(tmp / "config.json", '{"hidden_size": 3}'), 'no "model_type"'),
         (lambda tmp: _write(tmp / "config.json", '{"model_type": "no-such-model"}'), "no-such-model"),
+        # An ONNX file where a checkpoint belongs: said as such, not "not valid JSON (utf-8 codec ...)".
+        (lambda tmp: _write(tmp / "model.onnx", "\x08\x07"), "already an ONNX model.*onnx-hierarchy tree"),
     ],
 )
 def test_bad_sources_say_what_is_wrong(tmp_path: Path, make: Callable[[Path], Path], message: str) -> None:

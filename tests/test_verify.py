@@ -175,3 +175,18 @@ def test_modules_fused_away_are_not_comparable_not_wrong(exported: Callable[[str
     assert convolutions and all(c.status == "not comparable" for c in convolutions)
     normalizations = [c for c in result.calls if c.module.endswith(".normalization")]
     assert normalizations and all(c.status == "ok" for c in normalizations)
+
+
+def test_a_relative_source_is_found_from_another_folder(
+    exported: Callable[[str], Exported], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export records MODEL as given (`export config/ model.onnx`); verify run elsewhere still finds it."""
+    import shutil
+
+    shutil.copytree(exported("bert").config_dir, tmp_path / "config")
+    monkeypatch.chdir(tmp_path)
+    onnx_hierarchy.export("config", "model.onnx", check=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert onnx_hierarchy.verify(tmp_path / "model.onnx").passed

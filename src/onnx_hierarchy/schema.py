@@ -22,9 +22,11 @@ from __future__ import annotations
 import ast
 import enum
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
+
+from onnx_hierarchy.errors import ModelFileError
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -460,7 +462,7 @@ def read_modules(model: HasMetadata) -> list[ModuleRecord] | None:
     raw = _props(model).get(MODULES_KEY)
     if raw is None:
         return None
-    return [ModuleRecord.from_json(item) for item in json.loads(raw)]
+    return _decoded(MODULES_KEY, raw, lambda data: [ModuleRecord.from_json(item) for item in data])
 
 
 def read_export_record(model: HasMetadata) -> ExportRecord | None:
@@ -468,7 +470,7 @@ def read_export_record(model: HasMetadata) -> ExportRecord | None:
     raw = _props(model).get(EXPORT_KEY)
     if raw is None:
         return None
-    return ExportRecord.from_json(json.loads(raw))
+    return _decoded(EXPORT_KEY, raw, ExportRecord.from_json)
 
 
 def write_piece_record(model: ir.Model, record: PieceRecord) -> None:
@@ -481,7 +483,7 @@ def read_piece_record(model: HasMetadata) -> PieceRecord | None:
     raw = _props(model).get(PIECE_KEY)
     if raw is None:
         return None
-    return PieceRecord.from_json(json.loads(raw))
+    return _decoded(PIECE_KEY, raw, PieceRecord.from_json)
 
 
 def write_derivation(model: ir.Model, steps: Sequence[DerivationStep]) -> None:
@@ -492,7 +494,20 @@ def write_derivation(model: ir.Model, steps: Sequence[DerivationStep]) -> None:
 def read_derivation(model: HasMetadata) -> list[DerivationStep]:
     """The steps that derived the model from an export, oldest first; empty for an export itself."""
     raw = _props(model).get(DERIVATION_KEY)
-    return [] if raw is None else [DerivationStep.from_json(item) for item in json.loads(raw)]
+    if raw is None:
+        return []
+    return _decoded(DERIVATION_KEY, raw, lambda data: [DerivationStep.from_json(item) for item in data])
+
+
+_T = TypeVar("_T")
+
+
+def _decoded(key: str, raw: str, build: Callable[[Any], _T]) -> _T:
+    """Parses one model-level JSON value; a damaged one is a :class:`ModelFileError`, never a traceback."""
+    try:
+        return build(json.loads(raw))
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+        raise ModelFileError(f"model metadata {key} is damaged ({type(error).__name__}: {error})") from error
 
 
 def modules_by_path(modules: Iterable[ModuleRecord]) -> dict[str, ModuleRecord]:

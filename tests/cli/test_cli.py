@@ -112,3 +112,19 @@ def test_a_bug_is_exit_3_with_a_hint_to_report_it(
     code, out, err = run_cli(["tree", str(exported("bert").result.output)])
     assert code == 3 and not out
     assert "internal error: KeyError" in err and "report it as a bug" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tree", "missing.onnx", "--format", "json"],
+        ["export", "missing-folder", "out.onnx", "--format=json"],
+        ["verify", "missing.onnx", "--format", "json"],
+    ],
+)
+def test_errors_in_json_mode_are_json_on_stdout(args: list[str], tmp_path: Path, run_cli: RunCli) -> None:
+    """Scripts read failures where they read results: one JSON object on stdout, the ERROR line on stderr."""
+    code, out, err = run_cli([a if not a.startswith("missing") else str(tmp_path / a) for a in args])
+    error = json.loads(out)["error"]
+    assert code == 2 and error["exit_code"] == 2 and "no such file" in error["message"]
+    assert error["kind"] in {"ModelFileError", "ModelSourceError"} and err.startswith("ERROR: ")

@@ -80,3 +80,15 @@ def test_untagged_model_says_how_to_tag_it(tmp_path: Path, run_cli: RunCli) -> N
     code, _, err = run_cli(["extract", str(path), "--all", str(tmp_path / "pieces")])
     assert code == 2 and "ERROR:" in err and "onnx-hierarchy export" in err and "scoped-names" in err
     assert not (tmp_path / "pieces").exists()
+
+
+def test_a_structure_only_export_extracts_silently(
+    config_dir: Callable[[str], Path], tmp_path: Path, run_cli: RunCli
+) -> None:
+    """No weights means no initializers: the reader must not warn once per node that reads one."""
+    code, _, _ = run_cli(["export", str(config_dir("bert")), str(tmp_path / "m.onnx"), "--structure-only"])
+    assert code == 0
+    code, _, err = run_cli(
+        ["extract", str(tmp_path / "m.onnx"), "-m", "encoder.layer.0", "-o", str(tmp_path / "p.onnx")]
+    )
+    assert code == 0 and "cannot be found" not in err and err.strip() == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from collections.abc import Sequence
@@ -50,6 +51,11 @@ cli.add_command(retag_command)
 cli.add_command(profile_command)
 
 
+def _wants_json(args: Sequence[str]) -> bool:
+    """Whether the command line asks for ``--format json`` (errors then also come as JSON on stdout)."""
+    return "--format=json" in args or any(pair == ("--format", "json") for pair in itertools.pairwise(args))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI and returns its exit code: 0 ok, 1 a difference found, 2 bad input, 3 internal error."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -62,5 +68,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as done:
         return int(done.exit_code)
     except (Exception, KeyboardInterrupt) as error:
-        return _errors.handle(error, debug=debug)
+        return _errors.handle(error, debug=debug, as_json=_wants_json(args))
     return int(code or 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import traceback
 
 import click
@@ -17,21 +19,23 @@ EXIT_INTERNAL = 3  # a bug in onnx-hierarchy
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
-def handle(error: BaseException, *, debug: bool) -> int:
-    """Reports ``error`` and returns the process exit code."""
+def handle(error: BaseException, *, debug: bool, as_json: bool = False) -> int:
+    """Reports ``error`` and returns the process exit code; with ``as_json`` (``--format json``) also as
+    ``{"error": {"kind": ..., "message": ...}}`` on stdout, so scripts read failures where they read results."""
     if debug:
         traceback.print_exception(error)
     if isinstance(error, HierarchyError):
-        error_line(str(error))
-        return EXIT_USAGE
-    if isinstance(error, click.ClickException):
+        kind, message, code = type(error).__name__, str(error), EXIT_USAGE
+        error_line(message)
+    elif isinstance(error, click.ClickException):
+        kind, message, code = "UsageError", error.format_message(), EXIT_USAGE
         error.show()
-        return EXIT_USAGE
-    if isinstance(error, (KeyboardInterrupt, click.Abort)):
-        error_line("interrupted; nothing was written")
-        return EXIT_INTERRUPTED
-    error_line(
-        f"internal error: {type(error).__name__}: {error}",
-        None if debug else "rerun with --debug for the traceback, and report it as a bug",
-    )
-    return EXIT_INTERNAL
+    elif isinstance(error, (KeyboardInterrupt, click.Abort)):
+        kind, message, code = "Interrupted", "interrupted; nothing was written", EXIT_INTERRUPTED
+        error_line(message)
+    else:
+        kind, message, code = "InternalError", f"internal error: {type(error).__name__}: {error}", EXIT_INTERNAL
+        error_line(message, None if debug else "rerun with --debug for the traceback, and report it as a bug")
+    if as_json:
+        sys.stdout.write(json.dumps({"error": {"kind": kind, "message": message, "exit_code": code}}) + "\n")
+    return code

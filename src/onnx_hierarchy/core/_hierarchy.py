@@ -19,6 +19,7 @@ import collections
 import difflib
 import fnmatch
 import functools
+import itertools
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,8 +30,8 @@ from onnx_hierarchy import schema
 from onnx_hierarchy.core import _reading
 from onnx_hierarchy.core._boundary import Boundary, boundaries
 from onnx_hierarchy.core._proto import onnx_pb
-from onnx_hierarchy.core._traversal import proto_nodes
-from onnx_hierarchy.errors import UnknownModuleError
+from onnx_hierarchy.core._traversal import ProtoNode, proto_nodes
+from onnx_hierarchy.errors import ModelFileError, UnknownModuleError
 from onnx_hierarchy.schema import ModuleRecord
 
 SOURCES = ("hierarchy", "torch-name-scopes", "scoped-names", "none")
@@ -276,9 +277,12 @@ def from_proto(path: str | os.PathLike[str], model: onnx_pb.ModelProto) -> Hiera
     metadata = {p.key: p.value for p in model.metadata_props}
     raw_nodes = list(proto_nodes(model))
     props = [{p.key: p.value for p in raw.node.metadata_props} for raw in raw_nodes]
+    _check_text(path, metadata, props, raw_nodes)
     initializers = {t.name: math.prod(t.dims) for t in model.graph.initializer}
 
     recorded = schema.read_modules(metadata)
+    if recorded is not None:
+        _check_tree(path, recorded)
     if recorded is not None or any(schema.MODULE_KEY in p for p in props):
         source = "hierarchy"
         assignments, classes = _from_tags(props)
@@ -359,6 +363,39 @@ def _scoped_module(name: str) -> str | None:
     if not name.startswith("/"):
         return None
     return ".".join(part for part in name.split("/")[1:-1] if part)
+
+
+def _check_text(
+    path: Path, metadata: dict[str, str], props: Sequence[dict[str, str]], raw_nodes: Sequence[ProtoNode]
+) -> None:
+    """ONNX's protobuf is proto2, whose parser hands back invalid UTF-8 in a string field as ``bytes``
+    instead of failing: a damaged file is refused here, before any name is compared or printed."""
+    texts = itertools.chain(
+        metadata.keys(),
+        metadata.values(),
+        (text for p in props for text in (*p.keys(), *p.values())),
+        (
+            text
+            for raw in raw_nodes
+            for text in (raw.name, raw.node.op_type, raw.node.domain, *raw.inputs, *raw.outputs)
+        ),
+    )
+    if any(type(text) is not str for text in texts):
+        raise ModelFileError(f"{path}: a name or tag is not valid UTF-8; the file is damaged")
+
+
+def _check_tree(path: Path, modules: Sequence[ModuleRecord]) -> None:
+    """A recorded module tree lists the root first and every parent before its children; a damaged one
+    is refused here rather than failing later inside a command."""
+    seen: set[str] = set()
+    for record in modules:
+        parent_missing = record.parent is not None and record.parent not in seen
+        if parent_missing or (record.parent is None) != (record.path == "") or record.path in seen:
+            raise ModelFileError(
+                f"{path}: model metadata {schema.MODULES_KEY} is damaged (module {record.path!r}, parent "
+                f"{record.parent!r})"
+            )
+        seen.add(record.path)
 
 
 def _complete(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
-from onnx_hierarchy.core import _wire
+from onnx_hierarchy.core import _quiet, _wire
 from onnx_hierarchy.core._proto import onnx_pb
 from onnx_hierarchy.errors import ModelFileError
 
@@ -69,7 +69,9 @@ def read_ir(path: str | os.PathLike[str], proto: onnx_pb.ModelProto | None = Non
     """
     import onnx_ir as ir
 
-    model = ir.serde.deserialize_model(proto if proto is not None else read_proto(path))
+    # A structure-only export has no weights: onnx_ir would warn once per node reading one.
+    with _quiet.quiet(("onnx_ir",)):
+        model = ir.serde.deserialize_model(proto if proto is not None else read_proto(path))
     ir.external_data.set_base_dir(model.graph, Path(path).parent)
     return model
 

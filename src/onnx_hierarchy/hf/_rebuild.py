@@ -8,6 +8,7 @@ one line, a source that is another architecture.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -38,6 +39,16 @@ class Rebuilt:
     part: GraphPart | None = None
 
 
+def _recorded(target: TaggedModel) -> str:
+    """The recorded source, resolved relative to the current folder, else to the ONNX file's folder (an
+    export records the path as given, and verify may run from elsewhere)."""
+    assert target.record is not None
+    spec = target.record.source
+    if not Path(spec).is_absolute() and not Path(spec).exists() and (target.path.parent / spec).exists():
+        return str(target.path.parent / spec)
+    return spec
+
+
 def rebuild(target: TaggedModel, source: str | None) -> Rebuilt:
     """The PyTorch model ``target`` was exported from: its recorded source (or ``source``), its class, the
     recorded seed for weights the source lacks, and the forward of the part the file holds.
@@ -53,7 +64,7 @@ def rebuild(target: TaggedModel, source: str | None) -> Rebuilt:
             f"{target.path}: records no source model; pass the checkpoint or Hub id it was exported from "
             "with --model SOURCE"
         )
-    spec = source if source is not None else record.source  # type: ignore[union-attr]
+    spec = source if source is not None else _recorded(target)
     try:
         resolved = _source.resolve_source(spec)
     except ModelSourceError as error:

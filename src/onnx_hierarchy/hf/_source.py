@@ -95,6 +95,11 @@ def resolve_source(spec: str) -> ModelSource:
         return ModelSource(spec, kind, str(path), _load_local_config(config_file))
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(spec, "gguf", str(path.parent), _load_gguf_config(path), path.name)
+    if path.is_file() and path.suffix == ".onnx":
+        raise ModelSourceError(
+            f"{spec}: already an ONNX model; export takes a Hugging Face checkpoint, config or Hub id. Read this "
+            "one with `onnx-hierarchy tree`, or tag it against its export with `onnx-hierarchy retag`"
+        )
     if path.is_file():
         return ModelSource(spec, "config", str(path), _load_local_config(path))
     if _looks_like_path(spec):

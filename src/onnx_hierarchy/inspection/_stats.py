@@ -29,6 +29,7 @@ class ModuleStats:
     internal_edges: int | None = None
     boundary_inputs: int | None = None
     boundary_outputs: int | None = None
+    own_only: bool = False  # a row of the module's own nodes only (the root's, in a summary)
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -117,7 +118,7 @@ class Summary:
         """Rows as the command prints them, the total last; ``ops`` holds each module's node count."""
         rows = [
             {
-                "module": s.path or "(root)",
+                "module": "(root: own nodes)" if s.own_only else s.path or "(root)",
                 "class": s.cls,
                 "ops": s.nodes,
                 "internal_edges": s.internal_edges,
@@ -153,4 +154,13 @@ def summary(
     selected = pattern is not None or cls is not None
     paths = hierarchy.find(pattern, cls) if selected else hierarchy.covering(depth)
     rows = module_stats(hierarchy, paths, edges=True)
+    if not selected and "" not in paths:
+        rows.append(_root_own_row(hierarchy))  # so that the rows cover every node of the model
     return Summary(str(hierarchy.path), hierarchy.source, tuple(rows))
+
+
+def _root_own_row(hierarchy: Hierarchy) -> ModuleStats:
+    own = [node for node in hierarchy.node_list if node.module == ""]
+    record = hierarchy.modules[""]
+    ops = dict(collections.Counter(node.op_type for node in own).most_common())
+    return ModuleStats("", record.cls, 0, record.calls, len(own), len(own), record.parameters, ops, own_only=True)
