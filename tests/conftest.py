@@ -52,13 +52,16 @@ class Optimized:
 
 @pytest.fixture()
 def run_cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
-    """Runs the CLI in-process; returns its exit code, stdout and stderr."""
+    """Runs the CLI in-process; returns its exit code, stdout and stderr without the ``progress:`` lines
+    that a non-terminal stderr gets (tests/cli/test_cli.py checks those)."""
     from onnx_hierarchy.cli import main
+    from onnx_hierarchy.cli._output import PROGRESS_PREFIX
 
     def run(args: list[str]) -> tuple[int, str, str]:
         code = main(args)
         captured = capsys.readouterr()
-        return code, captured.out, captured.err
+        err = "".join(line for line in captured.err.splitlines(keepends=True) if not line.startswith(PROGRESS_PREFIX))
+        return code, captured.out, err
 
     return run
 

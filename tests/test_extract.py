@@ -198,7 +198,23 @@ def test_counts_of_pieces_per_class(exported: Callable[[str], Exported], tmp_pat
             "Add",
             "Gemm",
         }
-        assert piece.parameters == sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+        assert piece.weight_elements == sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+
+
+def test_parameters_are_counted_as_pytorch_and_tree_count_them(
+    exported: Callable[[str], Exported], tmp_path: Path
+) -> None:
+    """One definition everywhere: PyTorch's parameters of the module and its descendants, shared ones once."""
+    import transformers
+
+    source = exported("bert")
+    torch_model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(source.config_dir))
+    tree = {row["path"]: row["parameters"] for row in onnx_hierarchy.tree(source.result.output).to_json()}
+    result = extract_all(source.result.output, tmp_path, pattern="encoder.layer.0*")
+    assert result.pieces
+    for piece in result.pieces:
+        expected = sum(p.numel() for p in torch_model.get_submodule(piece.module).parameters())
+        assert piece.parameters == tree[piece.module] == expected, piece.module
 
 
 def test_large_pieces_keep_weights_in_external_data(

@@ -19,6 +19,8 @@ __all__ = [
     "TaskError",
     "TraceError",
     "UnknownModuleError",
+    "reraise_interrupt",
+    "summarize",
 ]
 
 
@@ -68,6 +70,18 @@ class UnknownModuleError(HierarchyError):
 
 class ExtractionError(HierarchyError):
     """A module exists but no standalone piece can be cut from it (no nodes, no such call)."""
+
+
+def reraise_interrupt(error: BaseException) -> None:
+    """Raises ``KeyboardInterrupt`` when ``error`` wraps one: torch.onnx turns a Ctrl-C during conversion
+    into its own failure, which must still end as an interruption (exit 130), not as a conversion error."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from error
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
 
 
 def summarize(error: BaseException) -> str:

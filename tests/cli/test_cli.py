@@ -67,6 +67,25 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path, Callable[[str], Path]], list[str]], 
         ],
         "BertModel fails in PyTorch itself on the generated inputs",
     ),
+    "longer than the positions": (
+        lambda tmp, cfg: [str(cfg("gpt2")), str(tmp / "out.onnx"), "--sequence-length", "512"],
+        "--sequence-length 512 exceeds the model's 64 positions",
+    ),
+    "more memory than the machine has": (
+        lambda tmp, cfg: [
+            str(cfg("bert")),
+            str(tmp / "out.onnx"),
+            "--batch-size",
+            "10000000",
+            "--sequence-length",
+            "64",
+        ],
+        "GB for the inputs and one layer's activations, more than the",
+    ),
+    "an ONNX file as MODEL": (
+        lambda tmp, cfg: [str(_write(tmp / "model.onnx", "onnx")), str(tmp / "out.onnx")],
+        "already an ONNX model",
+    ),
     "untraceable model": (
         lambda tmp, cfg: [str(_untraceable(tmp)), str(tmp / "out.onnx")],
         "torch.export could not trace LongformerModel: GuardOnDataDependentSymNode",
@@ -128,3 +147,49 @@ def test_errors_in_json_mode_are_json_on_stdout(args: list[str], tmp_path: Path,
     error = json.loads(out)["error"]
     assert code == 2 and error["exit_code"] == 2 and "no such file" in error["message"]
     assert error["kind"] in {"ModelFileError", "ModelSourceError"} and err.startswith("ERROR: ")
+
+
+def test_ctrl_c_during_conversion_is_an_interruption(
+    config_dir: Callable[[str], Path], tmp_path: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.onnx wraps a KeyboardInterrupt in its own error: it still ends as one line, exit 130, no file."""
+    import torch
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as error:
+            raise RuntimeError("Failed to convert the exported program to an ONNX model") from error
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted)
+    code, out, err = run_cli(["export", str(config_dir("bert")), str(tmp_path / "out.onnx")])
+    assert code == 130 and not out
+    assert err.strip() == "ERROR: interrupted; nothing was written"
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_existing_output_is_replaced_only_when_it_is_onnx_or_forced(
+    config_dir: Callable[[str], Path], tmp_path: Path, run_cli: RunCli
+) -> None:
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("my notes, not a model")
+    code, _, err = run_cli(["export", str(config_dir("bert")), str(notes), "--no-check"])
+    assert code == 2 and "exists and is not an ONNX model" in err and "--force" in err
+    assert notes.read_text() == "my notes, not a model"
+    code, out, _ = run_cli(["export", str(config_dir("bert")), str(notes), "--no-check", "--force", "--format", "json"])
+    assert code == 0 and notes.read_bytes()[:1] == b"\x08"
+    code, out, _ = run_cli(["export", str(config_dir("bert")), str(notes), "--no-check", "--format", "json"])
+    assert code == 0 and any("replaces the existing" in w for w in json.loads(out)["warnings"])
+
+
+def test_a_log_gets_one_line_per_finished_stage(
+    config_dir: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stderr captured here is not a terminal, as in CI: no spinner, but no silence either."""
+    from onnx_hierarchy.cli import main
+
+    assert main(["export", str(config_dir("bert")), str(tmp_path / "m.onnx")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    stages = [line.split()[1] for line in lines if line.startswith("progress: ")]
+    assert stages == ["load", "trace", "convert", "tag", "save", "check"]
+    assert all(line.endswith(" s") for line in lines if line.startswith("progress: "))

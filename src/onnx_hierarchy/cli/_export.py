@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 @click.option("--rtol", type=float, default=CHECK_RTOL, show_default=True, help="Relative tolerance of the check.")
 @click.option("--keep-stack-traces", is_flag=True, help="Keep pkg.torch.onnx.stack_trace (holds local paths).")
 @click.option("--sidecar", is_flag=True, help="Also write OUTPUT.hierarchy.json.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT even if it is not an ONNX file.")
 @click.option("--tree", "show_tree", is_flag=True, help="Print the module tree after the summary.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def export_command(
@@ -61,6 +62,7 @@ def export_command(
     rtol: float,
     keep_stack_traces: bool,
     sidecar: bool,
+    force: bool,
     show_tree: bool,
     fmt: str,
 ) -> int:
@@ -90,6 +92,7 @@ def export_command(
             rtol=rtol,
             keep_stack_traces=keep_stack_traces,
             sidecar=sidecar,
+            force=force,
             progress=progress,
         )
     for warning in result.warnings:

@@ -33,6 +33,9 @@ _STAGE_MESSAGES = {
     "reference": "running the reference model",
 }
 
+# How a finished stage is written to a stderr that is not a terminal.
+PROGRESS_PREFIX = "progress: "
+
 # Formats of commands whose result is a table.
 TABLE_FORMATS = click.Choice(["text", "json", "csv", "markdown"])
 
@@ -65,10 +68,19 @@ class Output:
         """Shows the stages a command reports as a transient status line on an interactive stderr.
 
         Finished stages stay in the line with their times; nothing stays on screen afterwards, so a
-        failure still ends in exactly one ``ERROR:`` line, and logs and pipes get no spinner frames.
+        failure still ends in exactly one ``ERROR:`` line. A stderr that is not a terminal (CI logs, a
+        pipe) gets no spinner frames but one ``progress:`` line per finished stage, so long work is not
+        silent.
         """
         if not self.err.is_terminal:
-            yield lambda _event: None
+            stream = self.err.file
+
+            def log(event: StageEvent) -> None:
+                if event.seconds is not None:
+                    stream.write(f"{PROGRESS_PREFIX}{event.stage} {event.seconds:.1f} s\n")
+                    stream.flush()
+
+            yield log
             return
         done: list[str] = []
         with self.err.status("starting") as status:

@@ -21,13 +21,18 @@ from onnx_hierarchy.errors import OutputError
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
-def check_writable(output: Path) -> None:
+def check_writable(output: Path, force: bool | None = None) -> None:
     """Fails early, before any expensive work, when ``output`` cannot be written.
 
-    A missing parent folder is created, as ``optimum-cli`` does; anything else in the way is an error.
+    A missing parent folder is created, as ``optimum-cli`` does; anything else in the way is an error. An
+    existing file that is not an ONNX model is never replaced unless ``force`` (``None``: the command has
+    no ``--force``).
     """
     if output.is_dir():
         raise OutputError(f"{output}: is a folder; give a file name such as {output / 'model.onnx'}")
+    if output.is_file() and not force and not looks_like_onnx(output):
+        how = "pass --force to replace it" if force is not None else "move it away first"
+        raise OutputError(f"{output}: exists and is not an ONNX model; not replacing it ({how})")
     parent = output.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -35,6 +40,15 @@ def check_writable(output: Path) -> None:
         raise OutputError(f"{output}: cannot create folder {parent} ({error.strerror or error})") from error
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{output}: folder {parent} is not writable")
+
+
+def looks_like_onnx(path: Path) -> bool:
+    """Whether a file starts as every ONNX model does: ``ModelProto.ir_version``, field 1, a varint."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(1) == b"\x08"
+    except OSError:
+        return False
 
 
 def check_writable_folder(output: Path) -> None:

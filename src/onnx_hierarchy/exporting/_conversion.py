@@ -11,7 +11,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from onnx_hierarchy.core import _quiet
-from onnx_hierarchy.errors import ConversionError, InputSpecError, TraceError, summarize
+from onnx_hierarchy.errors import ConversionError, InputSpecError, TraceError, reraise_interrupt, summarize
 from onnx_hierarchy.hf._inputs import ModelInputs
 from onnx_hierarchy.hf._module_tree import count_calls
 
@@ -46,11 +46,13 @@ def trace(model: torch.nn.Module, inputs: ModelInputs, *, dynamic: bool) -> Trac
         try:
             return _trace_once(model, inputs, dims)
         except Exception as error:  # torch.export raises many types; each means "not with these shapes"
+            reraise_interrupt(error)
             fallback_reason = f"dynamic axes could not be traced ({summarize(error)})"
             logger.warning("%s; exporting with static shapes", fallback_reason)
     try:
         traced = _trace_once(model, inputs, None)
     except Exception as error:
+        reraise_interrupt(error)
         eager_error = _eager_error(model, inputs)
         if eager_error is not None:
             raise InputSpecError(
@@ -102,6 +104,7 @@ def convert(traced: TracedModel, inputs: ModelInputs, *, opset: int | None, opti
                 verbose=False,
             )
     except Exception as error:  # torch.onnx wraps translation failures in several types
+        reraise_interrupt(error)
         raise ConversionError(f"torch.onnx could not convert the traced program: {summarize(error)}") from error
     if program is None or program.exported_program is None:
         raise ConversionError("torch.onnx returned no program")

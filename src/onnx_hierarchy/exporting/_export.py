@@ -21,7 +21,7 @@ from onnx_hierarchy.errors import InputSpecError, TraceError
 from onnx_hierarchy.exporting import _conversion
 from onnx_hierarchy.exporting._check import CheckResult, compare_with_torch
 from onnx_hierarchy.hf import _generation, _inputs, _module_tree, _source
-from onnx_hierarchy.hf._shapes import InputShapes
+from onnx_hierarchy.hf._shapes import InputShapes, check_sizes
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
 from onnx_hierarchy.runtime._tolerance import CHECK_ATOL, CHECK_RTOL
 from onnx_hierarchy.schema import ExportRecord, InputRecord, ModuleRecord, TagSource
@@ -184,6 +184,7 @@ def export(
     rtol: float = CHECK_RTOL,
     keep_stack_traces: bool = False,
     sidecar: bool = False,
+    force: bool = False,
     policy: SessionPolicy = DEFAULT_POLICY,
     progress: ProgressCallback | None = None,
 ) -> ExportResult:
@@ -209,6 +210,7 @@ def export(
         rtol: Relative tolerance of the check: an element passes within ``atol + rtol * max|expected|``.
         keep_stack_traces: Keep ``pkg.torch.onnx.stack_trace``, which holds local file paths.
         sidecar: Also write ``OUTPUT.hierarchy.json`` with the tree and the node -> module map.
+        force: Replace ``output`` even when it exists and is not an ONNX model.
         policy: How the check's ONNX Runtime session is made.
         progress: Told when each stage (load, trace, convert, tag, save, check) starts and finishes.
 
@@ -224,12 +226,16 @@ def export(
         source = _source.resolve_source(os.fspath(model))
         base_task, with_past = _generation.split_task(task)
         task_name, model_class = _source.resolve_model_class(source.config, base_task)
+        if input_spec is None:  # a structure-only export allocates nothing: only the positions matter
+            check_sizes(source.config, shapes, available=0 if structure_only else None)
         folder = _generation.writes_folder(task_name)  # seq2seq generation: encoder and decoders
         generation = with_past or folder
+        replaced = False
         if folder:
             _saving.check_writable_folder(output)
         else:
-            _saving.check_writable(output)
+            replaced = output.is_file()
+            _saving.check_writable(output, force)
         cache_disabled = not with_past and _source.disable_cache(source.config)
         built = _source.build_model(source, model_class, structure_only=structure_only, seed=seed)
         torch_model, weights = built.model, built.weights
@@ -254,6 +260,8 @@ def export(
             f"{source.spec} lacks {len(built.new_parameters)} parameter(s) of {model_class.__name__} ({shown}): "
             f"drawn at random from seed {seed}, as a new head is"
         )
+    if replaced:
+        notes.append(f"replaces the existing {output}")
     if cache_disabled:
         notes.append("exported without KV cache (use_cache=False); --task ...-with-past exports it")
 

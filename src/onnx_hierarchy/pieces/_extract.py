@@ -51,7 +51,10 @@ class Piece:
         internal_edges: Edges (producer, consumer, value) inside the piece.
         inputs: Values the piece reads from the rest of the model.
         outputs: Values the rest of the model reads from the piece, or returns.
-        parameters: Elements of the weights the piece carries.
+        parameters: The module's parameters, as every command counts them (``parameters_total`` of the
+            module tree: PyTorch's parameters of the module and its descendants, shared ones once).
+        weight_elements: Elements of the initializers the piece file carries: the parameters as the graph
+            holds them (transposed copies, merged duplicates) plus constants such as shapes.
     """
 
     module: str
@@ -64,6 +67,7 @@ class Piece:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     parameters: int
+    weight_elements: int
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +81,7 @@ class Piece:
             "inputs": list(self.inputs),
             "outputs": list(self.outputs),
             "parameters": self.parameters,
+            "weight_elements": self.weight_elements,
         }
 
 
@@ -344,7 +349,8 @@ class _Cutter:
             internal_edges=cut.internal_edges,
             inputs=tuple(str(v.name) for v in cut.inputs),
             outputs=tuple(str(v.name) for v in cut.outputs),
-            parameters=sum(math.prod(v.shape.numpy()) for v in cut.weights if v.shape is not None),
+            parameters=self.hierarchy.modules[cut.module].parameters_total,
+            weight_elements=sum(math.prod(v.shape.numpy()) for v in cut.weights if v.shape is not None),
         )
 
     def _piece_model(self, cut: _Cut) -> ir.Model:
