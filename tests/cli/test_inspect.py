@@ -58,7 +58,7 @@ def test_nodes_summary_and_markdown(bert: str, run_cli: RunCli) -> None:
     assert out.splitlines()[0].startswith("| module | class | ops |")
 
 
-@pytest.mark.parametrize("fmt", ["json", "graphml", "dot"])
+@pytest.mark.parametrize("fmt", ["json", "graphml", "dot", "svg"])
 def test_dag_formats(bert: str, fmt: str, run_cli: RunCli) -> None:
     code, out, _ = run_cli(["dag", bert, "-m", "encoder.layer.0.attention", "--format", fmt])
     assert code == 0
@@ -69,8 +69,21 @@ def test_dag_formats(bert: str, fmt: str, run_cli: RunCli) -> None:
     elif fmt == "graphml":
         document = xml.dom.minidom.parseString(out)
         assert len(document.getElementsByTagName("graph")) > 1  # modules nest as subgraphs
+    elif fmt == "dot":
+        assert out.startswith("digraph")
+        # Clusters nest as the modules do: query's cluster sits one level inside self's.
+        depth, depths = 0, {}
+        for line in out.splitlines():
+            if "subgraph cluster_" in line:
+                depths[line.split("label=")[1].split('"')[1]] = depth
+            depth += line.count("{") - line.count("}")
+        assert depths["encoder.layer.0.attention.self.query"] == depths["encoder.layer.0.attention.self"] + 1
+        assert depths["encoder.layer.0.attention.self"] == depths["encoder.layer.0.attention"] + 1
+        assert '"in:' in out and '"out:' in out  # the boundary, as GraphML and JSON carry it
     else:
-        assert out.startswith("digraph") and "subgraph cluster_" in out
+        document = xml.dom.minidom.parseString(out)
+        titles = {t.firstChild.data for t in document.getElementsByTagName("text")}
+        assert {"encoder.layer.0.attention.self", "encoder.layer.0.attention.self.query"} <= titles
 
 
 def test_diff_and_validate(bert: str, exported: Callable[[str], Exported], tmp_path: Path, run_cli: RunCli) -> None:

@@ -101,9 +101,11 @@ def summary_command(model: Path, module: str | None, cls: str | None, depth: int
 @click.command("dag")
 @_model_argument
 @click.option("--module", "-m", "module", default="", help="Module path, or a glob matching one module (default: all).")
-@click.option("--format", "fmt", type=click.Choice(["json", "graphml", "dot"]), default="json", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["json", "graphml", "dot", "svg"]), default="json", show_default=True
+)
 def dag_command(model: Path, module: str, fmt: str) -> int:
-    """The data-flow graph of a module: nodes, edges, order and boundary (JSON, GraphML or DOT)."""
+    """The data-flow graph of a module: nodes, edges, order and boundary (JSON, GraphML, DOT; SVG with Graphviz)."""
     from onnx_hierarchy.inspection._dag import dag
 
     out = Output("json" if fmt == "json" else "text")
@@ -111,7 +113,7 @@ def dag_command(model: Path, module: str, fmt: str) -> int:
     if fmt == "json":
         out.result("", graph.to_json(), indent=1)
     else:
-        out.raw(graph.to_graphml() if fmt == "graphml" else graph.to_dot())
+        out.raw({"graphml": graph.to_graphml, "dot": graph.to_dot, "svg": graph.to_svg}[fmt]())
     return EXIT_OK
 
 

@@ -42,8 +42,9 @@ class TaggedModel:
     record: schema.ExportRecord | None
 
     @classmethod
-    def read(cls, path: str | os.PathLike[str], purpose: str) -> TaggedModel:
-        """Reads a tagged model.
+    def read(cls, path: str | os.PathLike[str], purpose: str, *, name_scopes: bool = False) -> TaggedModel:
+        """Reads a tagged model; with ``name_scopes``, also a plain export whose modules come from
+        torch.onnx's name scopes or TorchScript-style scoped node names (as ``tree`` reads it).
 
         Raises:
             ModelFileError: The file is unreadable, or its nodes carry no hierarchy tags; the message says
@@ -52,7 +53,8 @@ class TaggedModel:
         path = Path(path)
         proto = _reading.read_proto(path)
         hierarchy = from_proto(path, proto)
-        if hierarchy.source != "hierarchy":
+        readable = ("hierarchy", "torch-name-scopes", "scoped-names") if name_scopes else ("hierarchy",)
+        if hierarchy.source not in readable:
             raise ModelFileError(
                 f"{path}: nodes carry no hierarchy tags (modules could only be derived from {hierarchy.source}); "
                 f"export the model with `onnx-hierarchy export MODEL OUTPUT.onnx` {purpose}"

@@ -9,12 +9,14 @@ from __future__ import annotations
 import collections
 import heapq
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from onnx_hierarchy.core._hierarchy import Hierarchy, NodeInfo, load
-from onnx_hierarchy.errors import UnknownModuleError
+from onnx_hierarchy.errors import OutputError, UnknownModuleError
 
 NEWLINE = "\n"
 
@@ -87,16 +89,60 @@ class Dag:
         }
 
     def to_dot(self) -> str:
+        """Graphviz DOT: one cluster per module, nested as the modules are, in execution order; the
+        boundary inputs and outputs as ellipses wired to the nodes that read or compute them."""
         lines = ["digraph hierarchy {", "  rankdir=TB;", "  node [shape=box, fontsize=10];"]
         clusters = _by_module(self.nodes)
-        for index, (module, nodes) in enumerate(sorted(clusters.items())):
-            lines.append(f"  subgraph cluster_{index} {{ label={_dot(module or '(root)')};")
-            lines.extend(f"    {_dot(n.name)} [label={_dot(n.op_type + NEWLINE + n.name)}];" for n in nodes)
-            lines.append("  }")
+        first = {module: min(n.index for n in nodes) for module, nodes in clusters.items()}
+        tree: dict[str, list[str]] = collections.defaultdict(list)
+        for module in {m for path in clusters for m in _prefixes(path, self.module)}:
+            if module != self.module:
+                tree[_parent(module, self.module)].append(module)
+
+        def start(module: str) -> int:
+            return min([first.get(module, 1 << 62)] + [start(child) for child in tree.get(module, [])])
+
+        counter = iter(range(1 << 30))
+
+        def emit(module: str, indent: str) -> None:
+            lines.append(f"{indent}subgraph cluster_{next(counter)} {{ label={_dot(module or '(root)')};")
+            lines.extend(
+                f"{indent}  {_dot(n.name)} [label={_dot(n.op_type + NEWLINE + n.name)}];"
+                for n in clusters.get(module, [])
+            )
+            for child in sorted(tree.get(module, []), key=start):
+                emit(child, indent + "  ")
+            lines.append(f"{indent}}}")
+
+        emit(self.module, "  ")
         for edge in self.edges:
             lines.extend(f"  {_dot(edge.producer)} -> {_dot(c)} [label={_dot(edge.value)}];" for c in edge.consumers)
+        inputs, outputs = set(self.boundary_inputs), set(self.boundary_outputs)
+        for value in self.boundary_inputs:
+            lines.append(f"  {_dot('in:' + value)} [shape=ellipse, label={_dot(value)}];")
+        for value in self.boundary_outputs:
+            lines.append(f"  {_dot('out:' + value)} [shape=ellipse, label={_dot(value)}];")
+        for node in self.nodes:
+            lines.extend(
+                f"  {_dot('in:' + v)} -> {_dot(node.name)};" for v in dict.fromkeys(node.inputs) if v in inputs
+            )
+            lines.extend(f"  {_dot(node.name)} -> {_dot('out:' + v)};" for v in node.outputs if v in outputs)
         lines.append("}")
         return "\n".join(lines) + "\n"
+
+    def to_svg(self) -> str:
+        """The DOT graph laid out by Graphviz (``dot -Tsvg``).
+
+        Raises:
+            OutputError: Graphviz is not installed, or failed on the graph.
+        """
+        dot = shutil.which("dot")
+        if dot is None:
+            raise OutputError("--format svg needs Graphviz's dot (apt-get install graphviz); or use --format dot")
+        done = subprocess.run([dot, "-Tsvg"], input=self.to_dot(), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise OutputError(f"Graphviz could not lay out the graph: {done.stderr.strip().splitlines()[:1]}")
+        return done.stdout
 
     def to_graphml(self) -> str:
         out = [

@@ -271,7 +271,7 @@ class _Cutter:
     """Cuts pieces out of one tagged model, read once."""
 
     def __init__(self, path: Path) -> None:
-        self.source = TaggedModel.read(path, "to tag it, then extract")
+        self.source = TaggedModel.read(path, "to tag it, then extract", name_scopes=True)
         self.path = path
         self.hierarchy = self.source.hierarchy
         graph = self.source.ir.graph
