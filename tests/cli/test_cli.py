@@ -193,3 +193,13 @@ def test_a_log_gets_one_line_per_finished_stage(
     stages = [line.split()[1] for line in lines if line.startswith("progress: ")]
     assert stages == ["load", "trace", "convert", "tag", "save", "check"]
     assert all(line.endswith(" s") for line in lines if line.startswith("progress: "))
+
+
+def test_help_fits_80_columns(run_cli: RunCli) -> None:
+    from onnx_hierarchy.cli import cli
+
+    for command in [[], *([name] for name in cli.commands)]:
+        code, out, _ = run_cli([*command, "--help"])
+        assert code == 0 and out
+        wide = [line for line in out.splitlines() if len(line) > 80]
+        assert not wide, (command, wide)

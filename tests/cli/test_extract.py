@@ -67,19 +67,31 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert not list(tmp_path.iterdir())
 
 
-def test_untagged_model_says_how_to_tag_it(tmp_path: Path, run_cli: RunCli) -> None:
+def _relu_model(path: Path, name: str) -> Path:
     spec = onnx.helper.make_tensor_value_info
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Relu", ["x"], ["y"], name="/encoder/Relu")],
+        [onnx.helper.make_node("Relu", ["x"], ["y"], name=name)],
         "g",
         [spec("x", onnx.TensorProto.FLOAT, [2])],
         [spec("y", onnx.TensorProto.FLOAT, [2])],
     )
-    path = tmp_path / "plain.onnx"
     onnx.save(onnx.helper.make_model(graph), path)
+    return path
+
+
+def test_a_model_without_modules_says_how_to_tag_it(tmp_path: Path, run_cli: RunCli) -> None:
+    path = _relu_model(tmp_path / "plain.onnx", "Relu")
     code, _, err = run_cli(["extract", str(path), "--all", str(tmp_path / "pieces")])
-    assert code == 2 and "ERROR:" in err and "onnx-hierarchy export" in err and "scoped-names" in err
+    assert code == 2 and "ERROR:" in err and "onnx-hierarchy export" in err and "none" in err
     assert not (tmp_path / "pieces").exists()
+
+
+def test_scoped_node_names_are_cut_as_tree_reads_them(tmp_path: Path, run_cli: RunCli) -> None:
+    """TorchScript-style names (optimum-cli's files): `tree` shows module encoder, so extract cuts it."""
+    path = _relu_model(tmp_path / "scoped.onnx", "/encoder/Relu")
+    code, out, _ = run_cli(["extract", str(path), "-m", "encoder", "-o", str(tmp_path / "encoder.onnx"), "--check"])
+    assert code == 0 and "pass" in out
+    assert [n.op_type for n in onnx.load(tmp_path / "encoder.onnx").graph.node] == ["Relu"]
 
 
 def test_a_structure_only_export_extracts_silently(

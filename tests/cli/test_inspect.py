@@ -128,3 +128,28 @@ def test_bad_input_is_one_line_and_exit_2(
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_tables_in_pipes_are_whole_and_unpadded(bert: str, run_cli: RunCli) -> None:
+    code, out, _ = run_cli(["nodes", bert, "-m", "encoder.layer.*.attention.self.query"])
+    lines = out.splitlines()
+    assert code == 0 and all(line == line.rstrip() for line in lines)
+    assert "…" not in out and sum("encoder.layer.1.attention.self.query" in line for line in lines) == 2
+
+
+def test_tables_on_an_80_column_terminal_cut_nothing(
+    bert: str, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows of one module's nodes differ in their paths' ends: shown relative to the module, folded, never '…'."""
+    from rich.console import Console
+
+    from onnx_hierarchy.cli import _output
+
+    monkeypatch.setattr(
+        _output, "_console", lambda file: Console(file=file, force_terminal=True, width=80, color_system=None)
+    )
+    code, out, _ = run_cli(["nodes", bert, "-m", "encoder.layer.0.attention"])
+    assert code == 0 and "…" not in out and "module (in" in out
+    assert "self.query" in out and "encoder.layer.0.attention.self.query" not in out
+    code, out, _ = run_cli(["nodes", bert, "-m", "encoder.layer.0.attention", "--wide"])
+    assert code == 0 and max(len(line) for line in out.splitlines()) > 80

@@ -29,7 +29,7 @@ from onnx_hierarchy.cli._verify import verify_command
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80})
 @click.version_option(__version__, prog_name="onnx-hierarchy")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 def cli(debug: bool) -> None:

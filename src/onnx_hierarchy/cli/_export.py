@@ -69,8 +69,8 @@ def export_command(
     """Export MODEL (Hub id, checkpoint folder, GGUF file or config.json) to OUTPUT.onnx with hierarchy tags.
 
     \b
-    Seq2seq generation tasks write a folder (encoder_model.onnx, decoder_model.onnx, ...):
-      onnx-hierarchy export ./checkpoint model.onnx --task text-generation-with-past
+    Seq2seq generation tasks write a folder (encoder_model.onnx, ...):
+      onnx-hierarchy export ./ckpt model.onnx --task text-generation-with-past
       onnx-hierarchy export ./t5 t5-onnx/ --task text2text-generation-with-past
     """
     from onnx_hierarchy.exporting._export import export

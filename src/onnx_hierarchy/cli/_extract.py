@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
-from onnx_hierarchy.cli._output import TABLE_FORMATS, Output, render_table
+from onnx_hierarchy.cli._output import TABLE_FORMATS, Output, render_table, wide_option
 from onnx_hierarchy.runtime._tolerance import PIECE_ATOL
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ _CHECK_COLUMNS = ["max_abs_diff", "check"]
     help="Model inputs for the check (.npz, one array per input). Default: generated.",
 )
 @click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
+@wide_option
 def extract_command(
     model: Path,
     module: str | None,
@@ -52,16 +53,17 @@ def extract_command(
     atol: float,
     inputs: Path | None,
     fmt: str,
+    wide: bool,
 ) -> int:
     """Write a module (and its descendants) of MODEL as a standalone ONNX model.
 
     \b
-      onnx-hierarchy extract model.onnx -m encoder.layer.0.attention -o attention.onnx --check
+      onnx-hierarchy extract model.onnx -m encoder.layer.0 -o layer.onnx --check
       onnx-hierarchy extract model.onnx --all pieces/ --depth 2 --check
     """
     from onnx_hierarchy.pieces._extract import extract, extract_all
 
-    out = Output(fmt)
+    out = Output(fmt, wide=wide)
     if all_dir is not None:
         if output is not None or call is not None:
             raise click.UsageError("--all writes one file per module: drop -o/--call, or drop --all")

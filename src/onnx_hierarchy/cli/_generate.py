@@ -39,8 +39,8 @@ def generate_command(
     """Decode greedily with a with-past EXPORT in ONNX Runtime and with transformers; exit 1 if they differ.
 
     \b
-      onnx-hierarchy generate smollm2.onnx --prompt "What is the capital of France?" --chat
-      onnx-hierarchy generate t5-with-past/ --prompt "translate English to German: Hello"
+      onnx-hierarchy generate smollm2.onnx --chat --prompt "Capital of France?"
+      onnx-hierarchy generate t5/ --prompt "translate English to German: Hello"
     """
     from onnx_hierarchy.generation._generate import generate
     from onnx_hierarchy.runtime._feeds import read_npz

@@ -11,7 +11,7 @@ from rich.console import Group
 from rich.markup import escape
 
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
-from onnx_hierarchy.cli._output import TABLE_FORMATS, Output, render_table
+from onnx_hierarchy.cli._output import TABLE_FORMATS, Output, render_table, wide_option
 
 if TYPE_CHECKING:
     from onnx_hierarchy.core._hierarchy import Hierarchy
@@ -72,13 +72,21 @@ def tree_command(model: Path, module: str | None, cls: str | None, depth: int | 
 @_selection
 @click.option("--own", is_flag=True, help="Only the module's own nodes, not its descendants'.")
 @click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
-def nodes_command(model: Path, module: str | None, cls: str | None, own: bool, fmt: str) -> int:
+@wide_option
+def nodes_command(model: Path, module: str | None, cls: str | None, own: bool, fmt: str, wide: bool) -> int:
     """A module's nodes in execution order: name, op type, inputs, outputs, module."""
     from onnx_hierarchy.inspection._tree import nodes
 
-    out = Output(fmt)
+    out = Output(fmt, wide=wide)
     rows = nodes(_read(model, out), pattern=module, cls=cls, own=own).to_json()
-    render_table(out, fmt, rows, ["index", "name", "op_type", "inputs", "outputs", "module", "call"])
+    column = "module"
+    if fmt == "text" and out.out.is_terminal and module and not any(c in module for c in "*?["):
+        # One module selected: paths relative to it, so a narrow terminal shows what differs.
+        column = f"module (in {module})"
+        for row in rows:
+            inner = row["module"][len(module) + 1 :] if row["module"].startswith(module + ".") else ""
+            row[column] = inner or "."
+    render_table(out, fmt, rows, ["index", "name", "op_type", "inputs", "outputs", column, "call"])
     return EXIT_OK
 
 
@@ -87,11 +95,12 @@ def nodes_command(model: Path, module: str | None, cls: str | None, own: bool, f
 @_selection
 @click.option("--depth", type=click.IntRange(min=0), default=1, show_default=True, help="Depth of the rows.")
 @click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
-def summary_command(model: Path, module: str | None, cls: str | None, depth: int, fmt: str) -> int:
+@wide_option
+def summary_command(model: Path, module: str | None, cls: str | None, depth: int, fmt: str, wide: bool) -> int:
     """One row per module at DEPTH: operations, internal edges, boundary inputs and outputs, parameters."""
     from onnx_hierarchy.inspection._stats import summary
 
-    out = Output(fmt)
+    out = Output(fmt, wide=wide)
     rows = summary(_read(model, out), pattern=module, cls=cls, depth=depth).table()
     columns = ["module", "class", "ops", "internal_edges", "boundary_inputs", "boundary_outputs", "parameters"]
     render_table(out, fmt, rows, columns)
@@ -121,11 +130,12 @@ def dag_command(model: Path, module: str, fmt: str) -> int:
 @click.argument("model_a", type=click.Path(path_type=Path))
 @click.argument("model_b", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
-def diff_command(model_a: Path, model_b: Path, fmt: str) -> int:
+@wide_option
+def diff_command(model_a: Path, model_b: Path, fmt: str, wide: bool) -> int:
     """Per-module differences in node counts and op types between two models."""
     from onnx_hierarchy.inspection._diff import diff
 
-    out = Output(fmt)
+    out = Output(fmt, wide=wide)
     result = diff(_read(model_a, out), _read(model_b, out))
     if fmt == "json":
         out.result("", result.to_json())

@@ -39,14 +39,20 @@ PROGRESS_PREFIX = "progress: "
 # Formats of commands whose result is a table.
 TABLE_FORMATS = click.Choice(["text", "json", "csv", "markdown"])
 
+# Tables on a terminal fold long cells unless asked not to.
+wide_option = click.option("--wide", is_flag=True, help="On a terminal, do not fold long cells.")
+
 
 class Output:
-    """Where every command writes; ``format`` is ``text`` or ``json``."""
+    """Where every command writes; ``format`` is ``text`` or ``json``; ``wide`` lets tables on a terminal
+    run past its width instead of folding long cells."""
 
-    def __init__(self, format: str = "text") -> None:
+    def __init__(self, format: str = "text", *, wide: bool = False) -> None:
         self.format = format
         self.out = _console(sys.stdout)
         self.err = _console(sys.stderr)
+        if wide and self.out.is_terminal:
+            self.out.width = 100_000
 
     @property
     def is_json(self) -> bool:
@@ -132,11 +138,26 @@ def render_table(out: Output, fmt: str, rows: Sequence[dict[str, Any]], columns:
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
         out.raw("\n".join(lines) + "\n")
+    elif not out.out.is_terminal:
+        out.raw(_plain(columns, cells))  # pipes and files: every value whole, no padding at line ends
     else:
         table = Table(*columns, box=None, header_style="bold")
+        for column in table.columns:
+            column.overflow = "fold"  # a long module path wraps; "…" would make rows look alike
         for row in cells:
             table.add_row(*(escape(c) for c in row))
         out.result(table, list(rows))
+
+
+def _plain(columns: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    """An aligned text table: columns two spaces apart, the last one unpadded."""
+    lines = [list(columns), *([c.replace("\n", " ") for c in row] for row in cells)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    return "".join(
+        "  ".join([*(cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=False)), line[-1]]).rstrip()
+        + "\n"
+        for line in lines
+    )
 
 
 def _cell(value: Any) -> str:

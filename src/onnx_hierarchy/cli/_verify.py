@@ -51,7 +51,7 @@ def verify_command(
 
     \b
       onnx-hierarchy verify model.onnx
-      onnx-hierarchy verify model.onnx --model path/to/checkpoint --text "Hello world"
+      onnx-hierarchy verify model.onnx --model ./checkpoint --text "Hello world"
       onnx-hierarchy verify model_fp16.onnx --reference model.onnx --atol 1e-2
     """
     from onnx_hierarchy.verification._verify import verify
