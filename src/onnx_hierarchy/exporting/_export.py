@@ -185,6 +185,7 @@ def export(
     keep_stack_traces: bool = False,
     sidecar: bool = False,
     force: bool = False,
+    trust_remote_code: bool = False,
     policy: SessionPolicy = DEFAULT_POLICY,
     progress: ProgressCallback | None = None,
 ) -> ExportResult:
@@ -211,6 +212,7 @@ def export(
         keep_stack_traces: Keep ``pkg.torch.onnx.stack_trace``, which holds local file paths.
         sidecar: Also write ``OUTPUT.hierarchy.json`` with the tree and the node -> module map.
         force: Replace ``output`` even when it exists and is not an ONNX model.
+        trust_remote_code: Run the checkpoint's own model code when its config asks for it (``auto_map``).
         policy: How the check's ONNX Runtime session is made.
         progress: Told when each stage (load, trace, convert, tag, save, check) starts and finishes.
 
@@ -223,7 +225,7 @@ def export(
     shapes = shapes or InputShapes()
 
     with clock("load"):
-        source = _source.resolve_source(os.fspath(model))
+        source = _source.resolve_source(os.fspath(model), trust_remote_code=trust_remote_code)
         base_task, with_past = _generation.split_task(task)
         task_name, model_class = _source.resolve_model_class(source.config, base_task)
         if input_spec is None:  # a structure-only export allocates nothing: only the positions matter

@@ -70,19 +70,25 @@ class ModelSource:
 
     def pretrained_kwargs(self) -> dict[str, Any]:
         """What ``from_pretrained`` needs besides ``location`` to read this source's files."""
-        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        kwargs: dict[str, Any] = {"gguf_file": self.gguf_file} if self.gguf_file else {}
+        if remote_code(self.config):
+            kwargs["trust_remote_code"] = True  # resolve_source only built such a config when asked to
+        return kwargs
 
     @property
     def has_weights(self) -> bool:
         return self.kind != "config"
 
 
-def resolve_source(spec: str) -> ModelSource:
+def resolve_source(spec: str, *, trust_remote_code: bool = False) -> ModelSource:
     """Finds the model named by ``spec`` and loads its config.
 
+    A checkpoint whose model code lives in its own files (``auto_map`` in config.json, a ``model_type``
+    transformers does not know) is only loaded, and its code only run, with ``trust_remote_code``.
+
     Raises:
-        ModelSourceError: The path is missing, has no config.json, the config is corrupt, or the Hub id
-            cannot be fetched.
+        ModelSourceError: The path is missing, has no config.json, the config is corrupt, the Hub id
+            cannot be fetched, or the model needs its repository's code and ``trust_remote_code`` is off.
     """
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -92,7 +98,7 @@ def resolve_source(spec: str) -> ModelSource:
                 f"{spec}: folder has no config.json; pass a Hugging Face checkpoint folder or a config.json file"
             )
         kind = "checkpoint" if any((path / name).is_file() for name in _WEIGHT_FILES) else "config"
-        return ModelSource(spec, kind, str(path), _load_local_config(config_file))
+        return ModelSource(spec, kind, str(path), _load_local_config(config_file, trust_remote_code))
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(spec, "gguf", str(path.parent), _load_gguf_config(path), path.name)
     if path.is_file() and path.suffix == ".onnx":
@@ -101,7 +107,7 @@ def resolve_source(spec: str) -> ModelSource:
             "one with `onnx-hierarchy tree`, or tag it against its export with `onnx-hierarchy retag`"
         )
     if path.is_file():
-        return ModelSource(spec, "config", str(path), _load_local_config(path))
+        return ModelSource(spec, "config", str(path), _load_local_config(path, trust_remote_code))
     if _looks_like_path(spec):
         raise ModelSourceError(f"{spec}: no such file or folder")
     return ModelSource(spec, "hub", spec, _load_hub_config(spec))
@@ -111,7 +117,28 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith(".json") or not _HUB_ID.match(spec)
 
 
-def _load_local_config(config_file: Path) -> transformers.PretrainedConfig:
+def remote_code(config: transformers.PretrainedConfig) -> bool:
+    """Whether the config (and so the model) is a class from the checkpoint's own code."""
+    return type(config).__module__.startswith("transformers_modules")
+
+
+def _remote_config(config_file: Path, data: dict[str, Any], trust_remote_code: bool) -> transformers.PretrainedConfig:
+    """A config whose class the checkpoint's own code defines: built only when the user trusts that code."""
+    reference = data["auto_map"].get("AutoConfig", "?") if isinstance(data.get("auto_map"), dict) else "?"
+    if not trust_remote_code:
+        raise ModelSourceError(
+            f"{config_file}: model_type {data.get('model_type')!r} is defined by the checkpoint's own code "
+            f"({reference}); pass --trust-remote-code to run it"
+        )
+    try:
+        return transformers.AutoConfig.from_pretrained(config_file.parent, trust_remote_code=True)
+    except Exception as error:  # the repository's code raises whatever it raises
+        raise ModelSourceError(
+            f"{config_file}: the checkpoint's code for {reference} failed: {summarize(error)}"
+        ) from error
+
+
+def _load_local_config(config_file: Path, trust_remote_code: bool = False) -> transformers.PretrainedConfig:
     try:
         data = json.loads(config_file.read_text(), object_hook=_special_floats)
     except OSError as error:
@@ -120,6 +147,8 @@ def _load_local_config(config_file: Path) -> transformers.PretrainedConfig:
         raise ModelSourceError(f"{config_file}: not valid JSON ({error})") from error
     if not isinstance(data, dict) or "model_type" not in data:
         raise ModelSourceError(f'{config_file}: no "model_type" key; is this a Hugging Face config.json?')
+    if "auto_map" in data and data["model_type"] not in transformers.CONFIG_MAPPING:
+        return _remote_config(config_file, data, trust_remote_code)
     model_type = data.pop("model_type")
     try:
         return transformers.AutoConfig.for_model(model_type, **data)
@@ -177,6 +206,8 @@ def resolve_model_class(config: transformers.PretrainedConfig, task: str | None)
     Raises:
         TaskError: The task is unknown, or no class of it fits this config.
     """
+    if remote_code(config):
+        return _remote_class(config, task)
     if task is None:
         for name in config.architectures or ():
             cls = getattr(transformers, name, None)
@@ -192,6 +223,18 @@ def resolve_model_class(config: transformers.PretrainedConfig, task: str | None)
             raise TaskError(f"{task} expects a {cls.config_class.__name__}, but the model is {type(config).__name__}")
         return task, cls
     raise TaskError(f"unknown task {task!r}; use one of {', '.join(sorted(TASKS))}, or a transformers class name")
+
+
+def _remote_class(config: transformers.PretrainedConfig, task: str | None) -> tuple[str, ModelClass]:
+    """The model class the checkpoint's ``auto_map`` names for the task (default: ``AutoModel``)."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    name = "feature-extraction" if task is None else TASK_ALIASES.get(task, task)
+    auto_map = getattr(config, "auto_map", None) or {}
+    for auto_name in TASKS.get(name, ()):
+        if auto_name in auto_map:
+            return name, get_class_from_dynamic_module(auto_map[auto_name], config._name_or_path)
+    raise TaskError(f"the checkpoint's auto_map has no class for task {name!r} (it has {', '.join(auto_map)})")
 
 
 def _auto_class(task: str, config: transformers.PretrainedConfig) -> ModelClass:
