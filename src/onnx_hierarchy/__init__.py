@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from onnx_hierarchy.inspection._validate import ValidationReport, validate
     from onnx_hierarchy.pieces._extract import ExtractResult, Piece, PieceCheck, SkippedModule, extract, extract_all
     from onnx_hierarchy.profiling._profile import ModuleTime, NodeTime, ProfileComparison, ProfileResult, profile
+    from onnx_hierarchy.reporting._report import ReportResult, report
+    from onnx_hierarchy.reporting._view import view
     from onnx_hierarchy.runtime._session import SessionPolicy
     from onnx_hierarchy.verification._verify import CallComparison, CallStatus, VerifyResult, verify
 
@@ -68,6 +70,7 @@ __all__ = [
     "PieceCheck",
     "ProfileComparison",
     "ProfileResult",
+    "ReportResult",
     "RetagResult",
     "SessionPolicy",
     "SkippedModule",
@@ -89,12 +92,14 @@ __all__ = [
     "nodes",
     "optimize",
     "profile",
+    "report",
     "retag",
     "schema",
     "summary",
     "tree",
     "validate",
     "verify",
+    "view",
 ]
 
 _LAZY = {
@@ -147,6 +152,9 @@ _LAZY = {
     "ProfileComparison": "onnx_hierarchy.profiling._profile",
     "ProfileResult": "onnx_hierarchy.profiling._profile",
     "profile": "onnx_hierarchy.profiling._profile",
+    "ReportResult": "onnx_hierarchy.reporting._report",
+    "report": "onnx_hierarchy.reporting._report",
+    "view": "onnx_hierarchy.reporting._view",
     "SessionPolicy": "onnx_hierarchy.runtime._session",
     "CallComparison": "onnx_hierarchy.verification._verify",
     "CallStatus": "onnx_hierarchy.verification._verify",

@@ -12,6 +12,7 @@ __all__ = [
     "ExtractionError",
     "HierarchyError",
     "InputSpecError",
+    "MissingExtraError",
     "ModelFileError",
     "ModelSourceError",
     "OptimizationError",
@@ -58,6 +59,10 @@ class ModelFileError(HierarchyError):
 
 class DerivationError(HierarchyError):
     """A model given as derived from a tagged one was not made from it (shares nothing with it)."""
+
+
+class MissingExtraError(HierarchyError):
+    """A command needs an optional dependency that is not installed (the message names the extra)."""
 
 
 class OptimizationError(HierarchyError):

@@ -24,7 +24,9 @@ from onnx_hierarchy.cli._inspect import (
     validate_command,
 )
 from onnx_hierarchy.cli._profile import profile_command
+from onnx_hierarchy.cli._report import report_command
 from onnx_hierarchy.cli._verify import verify_command
+from onnx_hierarchy.cli._view import view_command
 
 __all__ = ["cli", "main"]
 
@@ -37,7 +39,8 @@ def cli(debug: bool) -> None:
     inspect any ONNX model module by module (tree, nodes, summary, dag, diff, validate), cut any module
     out as a standalone model (extract), compare it with PyTorch module by module (verify), and decode
     with an exported KV cache beside transformers (generate), and keep the tags through optimizers,
-    quantizers and fp16 (optimize, retag), and see where ONNX Runtime spends its time per module (profile)."""
+    quantizers and fp16 (optimize, retag), see where ONNX Runtime spends its time per module (profile),
+    and look at it all in one page (report) or in Model Explorer (view)."""
 
 
 for command in (export_command, tree_command, nodes_command, summary_command, dag_command, diff_command):
@@ -49,6 +52,8 @@ cli.add_command(generate_command)
 cli.add_command(optimize_command)
 cli.add_command(retag_command)
 cli.add_command(profile_command)
+cli.add_command(report_command)
+cli.add_command(view_command)
 
 
 def _wants_json(args: Sequence[str]) -> bool:

@@ -87,9 +87,7 @@ def extract_command(
         if any(c in module for c in "*?["):
             raise click.UsageError(f"{module!r} is a pattern: use --all FOLDER to write every module it matches")
         with out.progress() as progress:
-            result = extract(
-                model, module, output, call=call, check=check, atol=atol, inputs=inputs, progress=progress
-            )
+            result = extract(model, module, output, call=call, check=check, atol=atol, inputs=inputs, progress=progress)
     for warning in result.warnings:
         out.warning(warning)
     _render(out, fmt, result, check)

@@ -15,6 +15,7 @@ from onnx_hierarchy.generation._limits import DEFAULT_NEW_TOKENS
 if TYPE_CHECKING:
     from onnx_hierarchy.generation._generate import Continuation, GenerateResult
 
+
 @click.command("generate")
 @click.argument("export", type=click.Path(path_type=Path))
 @click.option("--prompt", help="Text, encoded with the source checkpoint's tokenizer.")

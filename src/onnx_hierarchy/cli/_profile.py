@@ -60,6 +60,7 @@ def profile_command(
     from onnx_hierarchy.profiling._profile import compare, profile
 
     out = Output(fmt)
+
     def run(path: Path, progress: ProgressCallback) -> ProfileResult:
         return profile(
             path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,6 @@ from onnx_hierarchy.runtime._tolerance import VERIFY_ATOL, VERIFY_RTOL
 
 if TYPE_CHECKING:
     from onnx_hierarchy.verification._verify import CallComparison, CallStatus, VerifyResult
-
 
 
 @click.command("verify")
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 @click.option("--text", help="Text to tokenize with the checkpoint's own tokenizer (text models).")
 @click.option("--atol", type=float, default=VERIFY_ATOL, show_default=True, help="Absolute tolerance.")
 @click.option("--rtol", type=float, default=VERIFY_RTOL, show_default=True, help="Relative tolerance.")
+@click.option("--node-data", type=click.Path(dir_okay=False, path_type=Path), help="Model Explorer node data (errors).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def verify_command(
     model: Path,
@@ -45,6 +46,7 @@ def verify_command(
     text: str | None,
     atol: float,
     rtol: float,
+    node_data: Path | None,
     fmt: str,
 ) -> int:
     """Compare MODEL with PyTorch module call by module call, and point at the first module that diverges.
@@ -65,6 +67,8 @@ def verify_command(
         )
     for warning in result.warnings:
         out.warning(warning)
+    if node_data is not None:
+        node_data.write_text(json.dumps(result.node_data(), indent=1))
     if out.is_json:
         out.result("", result.to_json())
     else:

@@ -111,6 +111,7 @@ class ProfileResult:
         timeline: The first measured run's kernels: node name, start and duration (microseconds from the
             run's start).
         warnings: What the user should know (nodes without tags, counted at the root).
+        graph: Name of the model's main graph (Model Explorer's graph id for node data).
     """
 
     model: Path
@@ -126,6 +127,7 @@ class ProfileResult:
     nodes: tuple[NodeTime, ...]
     timeline: tuple[tuple[str, float, float], ...] = ()
     warnings: tuple[str, ...] = ()
+    graph: str = "main_graph"
 
     @property
     def attributed_share(self) -> float:
@@ -154,16 +156,19 @@ class ProfileResult:
         }
 
     def node_data(self) -> dict[str, Any]:
-        """Model Explorer's node data for the profiled model's own graph: milliseconds per run keyed by node
-        name. A kernel that stands for several nodes (a fusion) is shared among them equally, so Model
-        Explorer's layer sums stay the modules' times."""
+        """Model Explorer's node data (``ModelNodeData``: per graph id, ``GraphNodeData``) for the profiled
+        model's own graph: milliseconds per run keyed by node name. A kernel that stands for several nodes
+        (a fusion) is shared among them equally, so Model Explorer's layer sums stay the modules' times."""
         spread: dict[str, float] = collections.defaultdict(float)
         for node in self.nodes:
             for source in node.sources:
                 spread[source] += node.ms / len(node.sources)
         return {
-            "results": {name: {"value": round(ms, 6)} for name, ms in spread.items()},
-            "gradient": [{"stop": 0, "bgColor": "#fff7bc"}, {"stop": 1, "bgColor": "#d7301f"}],
+            self.graph: {
+                "name": "ms per run",
+                "results": {name: {"value": round(ms, 6)} for name, ms in spread.items()},
+                "gradient": [{"stop": 0, "bgColor": "#fff7bc"}, {"stop": 1, "bgColor": "#d7301f"}],
+            }
         }
 
     def trace(self) -> dict[str, Any]:
@@ -378,6 +383,7 @@ def _attribute(
         nodes=tuple(nodes),
         timeline=tuple(timeline),
         warnings=tuple(filter(None, [tagged.hierarchy.untagged_notice()])),
+        graph=tagged.proto.graph.name or "main_graph",
     )
 
 

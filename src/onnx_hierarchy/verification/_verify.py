@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onnx_hierarchy.core._hierarchy import Hierarchy
+from onnx_hierarchy.core._hierarchy import Hierarchy, from_proto
 from onnx_hierarchy.core._progress import ProgressCallback, StageClock
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.errors import InputSpecError, ModelFileError, ModelSourceError, summarize
@@ -133,6 +133,22 @@ class VerifyResult:
     @property
     def passed(self) -> bool:
         return not self.over_tolerance
+
+    def node_data(self) -> dict[str, Any]:
+        """Model Explorer's node data (``ModelNodeData``) for the model's own graph: each node the max abs
+        error of the module call it belongs to, so the layers show where the numbers drift."""
+        from onnx_hierarchy.core._reading import read_proto
+
+        proto = read_proto(self.model)
+        hierarchy = from_proto(self.model, proto)
+        errors = {(c.module, c.call): c.max_abs_error for c in self.calls if c.max_abs_error is not None}
+        results = {}
+        for node in hierarchy.node_list:
+            error = errors.get((node.module, node.call))
+            if node.parent is None and node.name and error is not None:
+                results[node.name] = {"value": error}
+        gradient = [{"stop": 0, "bgColor": "#f7fcf5"}, {"stop": 1, "bgColor": "#8e0152"}]
+        return {proto.graph.name or "main_graph": {"name": "max abs error", "results": results, "gradient": gradient}}
 
     def to_json(self) -> dict[str, Any]:
         first = self.first_over_tolerance

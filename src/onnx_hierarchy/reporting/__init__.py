@@ -1,0 +1,1 @@
+"""Seeing a model by module: the self-contained HTML ``report``."""

@@ -1,0 +1,220 @@
+"""``report``: one self-contained HTML page of a model, module by module.
+
+The page carries its data as JSON and everything it runs inline (no CDN, works offline): a collapsible
+module tree with class, nodes, parameters, calls, op mix and tag sources; time and error columns with
+colour scales when a profile or verify result is given; search by path or class; and, on a click, the
+module's data flow laid out by dagre (MIT, bundled) in nested module clusters with the values entering it.
+"""
+
+from __future__ import annotations
+
+import collections
+import html
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from onnx_hierarchy import schema
+from onnx_hierarchy.core import _reading, _saving
+from onnx_hierarchy.core._hierarchy import Hierarchy, from_proto
+from onnx_hierarchy.core._traversal import proto_nodes
+from onnx_hierarchy.errors import InputSpecError
+from onnx_hierarchy.inspection._stats import module_stats
+
+__all__ = ["ReportResult", "report"]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """A report written.
+
+    Attributes:
+        model: The model reported on.
+        output: The HTML file.
+        modules: Modules in the report.
+        nodes: Nodes in the report.
+        size: Bytes written.
+        notices: What the page says about the model (untagged nodes, modules from names only).
+        seconds: Wall time.
+    """
+
+    model: Path
+    output: Path
+    modules: int
+    nodes: int
+    size: int
+    notices: tuple[str, ...]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": str(self.model),
+            "output": str(self.output),
+            "modules": self.modules,
+            "nodes": self.nodes,
+            "size": self.size,
+            "notices": list(self.notices),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def report(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    profile: str | os.PathLike[str] | None = None,
+    verify: str | os.PathLike[str] | None = None,
+) -> ReportResult:
+    """Writes the HTML report of ``model``.
+
+    Args:
+        model: Any ONNX file ``tree`` reads; an untagged one gets its modules from names, with a notice.
+        output: The HTML file to write.
+        profile: ``onnx-hierarchy profile --format json`` output of this model: a time column.
+        verify: ``onnx-hierarchy verify --format json`` output of this model: an error column.
+
+    Raises:
+        ModelFileError: The model is unreadable.
+        InputSpecError: A profile or verify file is unreadable or belongs to another model.
+        OutputError: ``output`` cannot be written.
+    """
+    start = time.perf_counter()
+    output = Path(output)
+    _saving.check_writable(output, force=True)  # an HTML page: replacing an older one is the point
+    path = Path(model)
+    proto = _reading.read_proto(path)
+    hierarchy = from_proto(path, proto)
+    times = _profile_times(Path(profile), hierarchy) if profile is not None else {}
+    errors = _verify_errors(Path(verify), hierarchy) if verify is not None else {}
+    notices = []
+    if hierarchy.source != "hierarchy":
+        notices.append(f"no hierarchy tags: modules read from {hierarchy.source}; export with onnx-hierarchy")
+    if (notice := hierarchy.untagged_notice()) is not None:
+        notices.append(notice)
+    data = _data(hierarchy, proto, times, errors)
+    page = _page(path, proto, hierarchy, data, notices)
+    staged = output.with_name(f".{output.name}.partial")
+    staged.write_text(page, encoding="utf-8")
+    os.replace(staged, output)
+    return ReportResult(
+        path,
+        output,
+        len(hierarchy.modules),
+        len(hierarchy.node_list),
+        len(page.encode()),
+        tuple(notices),
+        time.perf_counter() - start,
+    )
+
+
+def _data(hierarchy: Hierarchy, proto: Any, times: Mapping[str, float], errors: Mapping[str, float]) -> dict[str, Any]:
+    index = {path: i for i, path in enumerate(hierarchy.modules)}
+    sources: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for raw, node in zip(proto_nodes(proto), hierarchy.node_list, strict=True):
+        props = {p.key: p.value for p in raw.node.metadata_props}
+        tag = schema.read_node_tag(props)
+        for ancestor in hierarchy.lineages[node.module]:
+            sources[ancestor][tag.source.value if tag is not None else "untagged"] += 1
+    modules = []
+    for stats in module_stats(hierarchy):
+        record = hierarchy.modules[stats.path]
+        modules.append(
+            [
+                stats.path,
+                stats.cls,
+                index[record.parent] if record.parent is not None else None,
+                stats.own_nodes,
+                stats.nodes,
+                stats.parameters,
+                stats.calls,
+                dict(list(stats.ops.items())[:6]),
+                dict(sources.get(stats.path, {})),
+                times.get(stats.path),
+                errors.get(stats.path),
+            ]
+        )
+    nodes = [
+        [n.name, n.op_type, index[n.module], list(n.inputs), list(n.outputs)]
+        for n in hierarchy.node_list
+        if n.parent is None
+    ]
+    return {"modules": modules, "nodes": nodes, "weights": sorted(hierarchy.initializers)}
+
+
+def _page(path: Path, proto: Any, hierarchy: Hierarchy, data: dict[str, Any], notices: list[str]) -> str:
+    assets = resources.files("onnx_hierarchy.reporting") / "assets"
+    record = schema.read_export_record({p.key: p.value for p in proto.metadata_props})
+    facts = [
+        f"{len(hierarchy.modules)} modules",
+        f"{len(hierarchy.node_list)} nodes",
+        f"{hierarchy.modules[''].parameters_total:,} parameters",
+        f"modules from {hierarchy.source}",
+    ]
+    if record is not None:
+        facts += [f"{record.model_class} ({record.task})", f"weights {record.weights}", f"source {record.source}"]
+    derivation = schema.read_derivation({p.key: p.value for p in proto.metadata_props})
+    if derivation:
+        facts.append("derived: " + " → ".join(step.step for step in derivation))
+    # Inside <script>, only "</" can end the element early; JSON has no other way to break out.
+    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    replacements = {
+        "__TITLE__": html.escape(f"{path.name} · onnx-hierarchy report"),
+        "__FACTS__": "".join(f"<span>{html.escape(fact)}</span>" for fact in facts),
+        "__NOTICE__": "".join(f'<div class="notice">{html.escape(n)}</div>' for n in notices),
+        "__CSS__": (assets / "report.css").read_text(encoding="utf-8"),
+        "__DATA__": payload,
+        "__DAGRE__": (assets / "dagre.min.js").read_text(encoding="utf-8"),
+        "__JS__": (assets / "report.js").read_text(encoding="utf-8"),
+    }
+    page = (assets / "report.html").read_text(encoding="utf-8")
+    for key, value in replacements.items():
+        page = page.replace(key, value)
+    return page
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputSpecError(f"{path}: not a readable {what} JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise InputSpecError(f"{path}: not a {what} JSON (`onnx-hierarchy {what} MODEL --format json`)")
+    return data
+
+
+def _check_model(path: Path, data: Mapping[str, Any], paths: set[str], hierarchy: Hierarchy, what: str) -> None:
+    unknown = sorted(paths - set(hierarchy.modules))
+    if "model" not in data or unknown:
+        named = f" (it names module {unknown[0]!r})" if unknown else ""
+        raise InputSpecError(f"{path}: a {what} result of another model than {hierarchy.path.name}{named}")
+
+
+def _profile_times(path: Path, hierarchy: Hierarchy) -> dict[str, float]:
+    """Per module, its total milliseconds per run from ``profile --format json``."""
+    data = _read_json(path, "profile")
+    try:
+        times = {str(m["module"]): float(m["total_ms"]) for m in data["modules"]}
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputSpecError(f"{path}: not a profile JSON (`onnx-hierarchy profile MODEL --format json`)") from error
+    _check_model(path, data, set(times), hierarchy, "profile")
+    return times
+
+
+def _verify_errors(path: Path, hierarchy: Hierarchy) -> dict[str, float]:
+    """Per module, the largest max abs error of its calls from ``verify --format json``."""
+    data = _read_json(path, "verify")
+    try:
+        calls = [(str(c["module"]), c.get("max_abs_error")) for c in data["calls"]]
+    except (KeyError, TypeError, AttributeError) as error:
+        raise InputSpecError(f"{path}: not a verify JSON (`onnx-hierarchy verify MODEL --format json`)") from error
+    _check_model(path, data, {m for m, _ in calls}, hierarchy, "verify")
+    errors: dict[str, float] = {}
+    for module, worst in calls:
+        if worst is not None:
+            errors[module] = max(errors.get(module, 0.0), float(worst))
+    return errors
