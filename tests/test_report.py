@@ -127,11 +127,11 @@ def test_an_8b_structure_is_reported_fast_and_small(browser: Any, tmp_path: Path
         max_position_embeddings=8192,
     )
     config.save_pretrained(tmp_path / "config")
-    export = onnx_hierarchy.export(tmp_path / "config", tmp_path / "llama.onnx", structure_only=True, dynamic=False)
+    export = onnx_hierarchy.export(tmp_path / "config", tmp_path / "llama.onnx", structure_only=True)
     start = time.perf_counter()
     result = onnx_hierarchy.report(export.output, tmp_path / "llama.html")
     written = time.perf_counter() - start
-    assert result.nodes > 5000 and written < 5 and result.size < 10_000_000
+    assert result.nodes > 6500 and written < 5 and result.size < 10_000_000
     page, errors = _open(browser, tmp_path / "llama.html")
     loaded = page.evaluate("performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd")
     assert loaded < 3000 and not errors
@@ -203,3 +203,15 @@ def test_view_without_model_explorer_says_how_to_install_it(
     code, out, err = run_cli(["view", str(exported("bert").result.output)])
     assert code == 2 and not out
     assert "pip install 'onnx-hierarchy[view]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_shows_the_other_file_per_module(
+    optimized: Callable[[str, str], Any], browser: Any, tmp_path: Path, run_cli: RunCli
+) -> None:
+    fused = optimized("bert", "ort-fusions")
+    code, _, _ = run_cli(["report", str(fused.export), "-o", str(tmp_path / "r.html"), "--compare", str(fused.output)])
+    assert code == 0
+    page, errors = _open(browser, tmp_path / "r.html")
+    norm = page.locator('tr[data-path="encoder.layer.0.attention.output.LayerNorm"] td.other')
+    assert norm.text_content() == "0" and "SkipLayerNormalization" in (norm.get_attribute("title") or "")
+    assert not errors

@@ -15,8 +15,11 @@ from onnx_hierarchy.cli._output import Output
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The HTML file to write.")
 @click.option("--profile", type=click.Path(path_type=Path), help="`profile --format json` output: times.")
 @click.option("--verify", type=click.Path(path_type=Path), help="`verify --format json` output: errors.")
+@click.option("--compare", type=click.Path(path_type=Path), help="Another file of the model: nodes, fusions.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def report_command(model: Path, output: Path, profile: Path | None, verify: Path | None, fmt: str) -> int:
+def report_command(
+    model: Path, output: Path, profile: Path | None, verify: Path | None, compare: Path | None, fmt: str
+) -> int:
     """Write one self-contained HTML page of MODEL, module by module.
 
     \b
@@ -29,7 +32,7 @@ def report_command(model: Path, output: Path, profile: Path | None, verify: Path
     from onnx_hierarchy.reporting._report import report
 
     out = Output(fmt)
-    result = report(model, output, profile=profile, verify=verify)
+    result = report(model, output, profile=profile, verify=verify, compare=compare)
     for notice in result.notices:
         out.warning(notice)
     human = f"wrote {result.output}: {result.modules} modules, {result.nodes} nodes, {result.size / 1e6:.1f} MB"

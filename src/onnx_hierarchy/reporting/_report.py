@@ -21,7 +21,7 @@ from typing import Any
 
 from onnx_hierarchy import schema
 from onnx_hierarchy.core import _reading, _saving
-from onnx_hierarchy.core._hierarchy import Hierarchy, from_proto
+from onnx_hierarchy.core._hierarchy import Hierarchy, from_proto, load
 from onnx_hierarchy.core._traversal import proto_nodes
 from onnx_hierarchy.errors import InputSpecError
 from onnx_hierarchy.inspection._stats import module_stats
@@ -69,6 +69,7 @@ def report(
     *,
     profile: str | os.PathLike[str] | None = None,
     verify: str | os.PathLike[str] | None = None,
+    compare: str | os.PathLike[str] | None = None,
 ) -> ReportResult:
     """Writes the HTML report of ``model``.
 
@@ -77,6 +78,8 @@ def report(
         output: The HTML file to write.
         profile: ``onnx-hierarchy profile --format json`` output of this model: a time column.
         verify: ``onnx-hierarchy verify --format json`` output of this model: an error column.
+        compare: Another ONNX file of the model (optimized, quantized): per module its node count there,
+            and which ops it fused into what (as ``diff`` says).
 
     Raises:
         ModelFileError: The model is unreadable.
@@ -96,8 +99,9 @@ def report(
         notices.append(f"no hierarchy tags: modules read from {hierarchy.source}; export with onnx-hierarchy")
     if (notice := hierarchy.untagged_notice()) is not None:
         notices.append(notice)
-    data = _data(hierarchy, proto, times, errors)
-    page = _page(path, proto, hierarchy, data, notices)
+    others = _compared(hierarchy, Path(compare)) if compare is not None else {}
+    data = _data(hierarchy, proto, times, errors, others)
+    page = _page(path, proto, hierarchy, data, notices, Path(compare).name if compare is not None else "")
     staged = output.with_name(f".{output.name}.partial")
     staged.write_text(page, encoding="utf-8")
     os.replace(staged, output)
@@ -112,7 +116,23 @@ def report(
     )
 
 
-def _data(hierarchy: Hierarchy, proto: Any, times: Mapping[str, float], errors: Mapping[str, float]) -> dict[str, Any]:
+def _compared(hierarchy: Hierarchy, path: Path) -> dict[str, tuple[int | None, str]]:
+    """Per module: its nodes (with descendants') in the other file, and what ``diff`` says was fused."""
+    from onnx_hierarchy.inspection._diff import diff
+
+    other = load(path)
+    totals = collections.Counter(a for node in other.node_list for a in other.lineages[node.module])
+    fused = {d.path: "; ".join(f.describe() for f in d.fused) for d in diff(hierarchy, other).modules}
+    return {p: (totals[p] if p in other.modules else None, fused.get(p, "")) for p in hierarchy.modules}
+
+
+def _data(
+    hierarchy: Hierarchy,
+    proto: Any,
+    times: Mapping[str, float],
+    errors: Mapping[str, float],
+    others: Mapping[str, tuple[int | None, str]],
+) -> dict[str, Any]:
     index = {path: i for i, path in enumerate(hierarchy.modules)}
     sources: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for raw, node in zip(proto_nodes(proto), hierarchy.node_list, strict=True):
@@ -136,6 +156,7 @@ def _data(hierarchy: Hierarchy, proto: Any, times: Mapping[str, float], errors: 
                 dict(sources.get(stats.path, {})),
                 times.get(stats.path),
                 errors.get(stats.path),
+                list(others[stats.path]) if stats.path in others else None,
             ]
         )
     nodes = [
@@ -143,10 +164,15 @@ def _data(hierarchy: Hierarchy, proto: Any, times: Mapping[str, float], errors: 
         for n in hierarchy.node_list
         if n.parent is None
     ]
-    return {"modules": modules, "nodes": nodes, "weights": sorted(hierarchy.initializers)}
+    return {
+        "modules": modules,
+        "nodes": nodes,
+        "weights": sorted(hierarchy.initializers),
+        "outputs": list(hierarchy.graph_outputs),
+    }
 
 
-def _page(path: Path, proto: Any, hierarchy: Hierarchy, data: dict[str, Any], notices: list[str]) -> str:
+def _page(path: Path, proto: Any, hierarchy: Hierarchy, data: dict[str, Any], notices: list[str], other: str) -> str:
     assets = resources.files("onnx_hierarchy.reporting") / "assets"
     record = schema.read_export_record({p.key: p.value for p in proto.metadata_props})
     facts = [
@@ -164,6 +190,7 @@ def _page(path: Path, proto: Any, hierarchy: Hierarchy, data: dict[str, Any], no
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     replacements = {
         "__TITLE__": html.escape(f"{path.name} · onnx-hierarchy report"),
+        "__OTHER__": html.escape(f"nodes in {other}") if other else "",
         "__FACTS__": "".join(f"<span>{html.escape(fact)}</span>" for fact in facts),
         "__NOTICE__": "".join(f'<div class="notice">{html.escape(n)}</div>' for n in notices),
         "__CSS__": (assets / "report.css").read_text(encoding="utf-8"),

@@ -2,7 +2,7 @@
 (function () {
   "use strict";
   const data = JSON.parse(document.getElementById("report-data").textContent);
-  const modules = data.modules;  // [path, class, parent, own, nodes, params, calls, ops, sources, ms, error]
+  const modules = data.modules;  // [path, class, parent, own, nodes, params, calls, ops, sources, ms, error, other]
   const children = modules.map(() => []);
   modules.forEach((m, i) => { if (m[2] !== null) children[m[2]].push(i); });
   const rows = [];
@@ -31,7 +31,7 @@
       `<td style="padding-left:${6 + 14 * depth}px"><span class="toggle"></span><span class="name"></span> ` +
       `<span class="cls"></span></td><td class="num"></td><td class="num"></td><td class="num"></td>` +
       `<td class="num"></td><td class="num" style="${shade(m[9], maxMs, 10)}"></td>` +
-      `<td class="num" style="${shade(m[10], maxError, 270)}"></td><td class="ops"></td>`;
+      `<td class="num" style="${shade(m[10], maxError, 270)}"></td><td class="ops"></td><td class="other"></td>`;
     const cells = tr.children;
     tr.querySelector(".name").textContent = name;
     tr.querySelector(".name").title = m[0];
@@ -43,6 +43,7 @@
     cells[5].textContent = m[9] === null ? "" : m[9].toFixed(3);
     cells[6].textContent = m[10] === null ? "" : m[10].toExponential(1);
     cells[7].textContent = ops;
+    if (m[11]) { cells[8].textContent = m[11][0] === null ? "absent" : m[11][0]; cells[8].title = m[11][1]; }
     tr.querySelector(".toggle").textContent = children[index].length ? "▸" : "";
     body.appendChild(tr);
     rows[index] = tr;
@@ -139,6 +140,16 @@
       else if (!data.weights.includes(v)) {
         if (!outside.has(v)) { outside.add(v); g.setNode("in:" + v, { label: v, width: Math.max(50, 7 * v.length), height: 20, kind: "boundary" }); }
         g.setEdge("in:" + v, "n:" + n[0], {}, v + ">" + n[0]);
+      }
+    }));
+    // Values leaving the module: read by a node outside it, or returned by the model.
+    const inside = new Set(mine.map((n) => n[0]));
+    const readOutside = new Set();
+    nodes.forEach((n) => { if (!inside.has(n[0])) n[3].forEach((v) => readOutside.add(v)); });
+    mine.forEach((n) => n[4].forEach((v) => {
+      if (v && (readOutside.has(v) || data.outputs.includes(v))) {
+        g.setNode("out:" + v, { label: v, width: Math.max(50, 7 * v.length), height: 20, kind: "boundary" });
+        g.setEdge("n:" + n[0], "out:" + v, {}, n[0] + ">" + v);
       }
     }));
     dagre.layout(g);
