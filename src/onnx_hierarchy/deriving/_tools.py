@@ -16,6 +16,7 @@ import numpy as np
 
 from onnx_hierarchy.core import _quiet
 from onnx_hierarchy.errors import OptimizationError, summarize
+from onnx_hierarchy.runtime._session import SessionPolicy, session
 
 __all__ = ["FUSIONS", "LEVELS", "QUANTIZATIONS", "Tool", "fp16", "fusions", "quantization", "session_level"]
 
@@ -124,21 +125,14 @@ def session_level(level: str) -> Tool:
         raise OptimizationError(f"unknown --level {level!r}; use one of {', '.join(LEVELS)}")
 
     def run(source: Path, output: Path) -> None:
-        import onnxruntime as ort
+        def configure(options: Any) -> None:
+            options.optimized_model_filepath = str(output)
+            if _large(source):
+                options.add_session_config_entry(
+                    "session.optimized_model_external_initializers_file_name", output.name + ".data"
+                )
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 4
-        options.graph_optimization_level = {
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[level]
-        options.optimized_model_filepath = str(output)
-        if _large(source):
-            options.add_session_config_entry(
-                "session.optimized_model_external_initializers_file_name", output.name + ".data"
-            )
-        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        session(source, policy=SessionPolicy(level=level), configure=configure)
 
     return Tool(f"ort-level-{level}", run)
 
