@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import tempfile
 import time
@@ -23,13 +22,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import onnx_hierarchy
+from _child import in_child, peak_kb
 
 BERT_BASE = {"model_type": "bert"}  # transformers' defaults: 12 layers, hidden 768, vocab 30522
-
-
-def _peak_kb() -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
 
 
 def _ours(model: str, folder: str, queue: Any) -> None:
@@ -40,7 +35,7 @@ def _ours(model: str, folder: str, queue: Any) -> None:
     result = extract_all(model, folder)
     seconds = time.perf_counter() - start
     pieces = [[p.module, list(p.inputs), list(p.outputs)] for p in result.pieces]
-    queue.put({"seconds": seconds, "peak_kb": _peak_kb(), "pieces": pieces})
+    queue.put({"seconds": seconds, "peak_kb": peak_kb(), "pieces": pieces})
 
 
 def _baseline(model: str, folder: str, pieces: list[list[Any]], queue: Any) -> None:
@@ -54,17 +49,7 @@ def _baseline(model: str, folder: str, pieces: list[list[Any]], queue: Any) -> N
             onnx.utils.extract_model(model, str(Path(folder) / f"{module or 'root'}.onnx"), inputs, outputs)
         except Exception as error:  # counted and reported; the benchmark goes on
             failures.append(f"{module}: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
-    queue.put({"seconds": time.perf_counter() - start, "peak_kb": _peak_kb(), "failures": failures})
-
-
-def _in_child(target: Any, *args: Any) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=target, args=(*args, queue))
-    process.start()
-    result: dict[str, Any] = queue.get()
-    process.join()
-    return result
+    queue.put({"seconds": time.perf_counter() - start, "peak_kb": peak_kb(), "failures": failures})
 
 
 def main() -> None:
@@ -80,7 +65,7 @@ def main() -> None:
         size_mb = model.stat().st_size / 1e6
         print(f"model: BERT-base-sized, {size_mb:.0f} MB, one file")
 
-        ours = _in_child(_ours, str(model), str(folder / "ours"))
+        ours = in_child(_ours, str(model), str(folder / "ours"))
         pieces = ours["pieces"]
         written = sum(f.stat().st_size for f in (folder / "ours").iterdir()) / 1e6
         print(f"onnx-hierarchy extract_all: {len(pieces)} pieces ({written:.0f} MB written) in {ours['seconds']:.1f} s")
@@ -89,7 +74,7 @@ def main() -> None:
 
         sample = pieces[:: args.every]
         (folder / "baseline").mkdir()
-        base = _in_child(_baseline, str(model), str(folder / "baseline"), sample)
+        base = in_child(_baseline, str(model), str(folder / "baseline"), sample)
         scaled = base["seconds"] * len(pieces) / len(sample)
         note = "" if len(sample) == len(pieces) else f" (ran {len(sample)}, scaled to {len(pieces)})"
         print(f"onnx.utils.extract_model: {scaled:.1f} s{note}, peak memory {base['peak_kb'] / 1e3:.0f} MB")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import tempfile
 import time
@@ -23,10 +22,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def _peak_bytes() -> int:
-    status = Path("/proc/self/status").read_text()
-    return 1024 * int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+from _child import in_child, peak_kb
 
 
 def _ours(config: str, output: str, queue: Any) -> None:
@@ -37,7 +33,7 @@ def _ours(config: str, output: str, queue: Any) -> None:
     onnx_hierarchy.export(
         config, output, check=False, progress=lambda e: stages.update({e.stage: e.seconds}) if e.seconds else None
     )
-    queue.put({"seconds": time.perf_counter() - start, "stages": stages, "peak": _peak_bytes()})
+    queue.put({"seconds": time.perf_counter() - start, "stages": stages, "peak": 1024 * peak_kb()})
 
 
 def _plain(config: str, output: str, queue: Any) -> None:
@@ -53,17 +49,7 @@ def _plain(config: str, output: str, queue: Any) -> None:
         program = torch.onnx.export(model, (ids,), dynamo=True, verbose=False)
     assert program is not None
     program.save(output, external_data=True)
-    queue.put({"seconds": time.perf_counter() - start, "peak": _peak_bytes()})
-
-
-def _in_child(target: Any, *args: Any) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=target, args=(*args, queue))
-    process.start()
-    result: dict[str, Any] = queue.get()
-    process.join()
-    return result
+    queue.put({"seconds": time.perf_counter() - start, "peak": 1024 * peak_kb()})
 
 
 def _raw_write_seconds(path: Path, size: int) -> float:
@@ -99,11 +85,11 @@ def main() -> None:
             vocab_size=32000,
         )
         config.save_pretrained(folder / "config")
-        ours = _in_child(_ours, str(folder / "config"), str(folder / "ours.onnx"))
+        ours = in_child(_ours, str(folder / "config"), str(folder / "ours.onnx"))
         written = sum(p.stat().st_size for p in folder.glob("ours.onnx*"))
         for path in folder.glob("ours.onnx*"):
             path.unlink()
-        plain = _in_child(_plain, str(folder / "config"), str(folder / "plain.onnx"))
+        plain = in_child(_plain, str(folder / "config"), str(folder / "plain.onnx"))
         raw = _raw_write_seconds(folder / "raw.bin", written)
         save = ours["stages"]["save"]
         print(json.dumps({"ours": ours, "plain": plain, "bytes": written, "raw_write_s": raw}))
