@@ -20,7 +20,7 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from onnx_hierarchy.core._hierarchy import Hierarchy
+from onnx_hierarchy.core._hierarchy import Hierarchy, NodeInfo
 from onnx_hierarchy.schema import TagSource
 from onnx_hierarchy.tagging._tags import ROOT, Stack, common_prefix
 
@@ -219,9 +219,8 @@ class _Matcher:
                     doing[source].add(index)
         parameter_users: dict[str, list[int]] = collections.defaultdict(list)
         for index, node in enumerate(self.derived.node_list):
-            for value in node.inputs:
-                if value in self.derived.initializers and (found := _extended(value, self.parameter_readers)):
-                    parameter_users[found].append(index)
+            for parameter in self._parameters_read(node):
+                parameter_users[parameter].append(index)
         source_nodes = self.source.node_list
         gained: dict[int, list[int]] = collections.defaultdict(list)
         left = []
@@ -292,17 +291,19 @@ class _Matcher:
             same = named == node.name and self.source.node_list[only].op_type == node.op_type
             return Origin(Evidence.KEPT if same else Evidence.NAMED, (only,), self.stacks[only])
         readers = sorted(
-            {
-                reader
-                for value in node.inputs
-                if value in self.derived.initializers
-                and (parameter := _extended(value, self.parameter_readers)) is not None
-                for reader in self.parameter_readers[parameter]
-            }
+            {reader for parameter in self._parameters_read(node) for reader in self.parameter_readers[parameter]}
         )
         if readers:
             return Origin(Evidence.PARAMETER, tuple(readers), common_prefix([self.stacks[i] for i in readers]))
         return None
+
+    def _parameters_read(self, node: NodeInfo) -> list[str]:
+        """The source parameters a derived node reads, as stored or converted (``val_17_quantized``)."""
+        found = []
+        for value in node.inputs:
+            if value in self.derived.initializers and (parameter := _extended(value, self.parameter_readers)):
+                found.append(parameter)
+        return found
 
     def _region(self, index: int, written: Iterable[str], claimed: Mapping[int, int]) -> tuple[int, ...]:
         """Source nodes between the values the node writes and the values the derived graph has from
