@@ -77,13 +77,16 @@ def test_single_file_writer_matches_protobuf_serialization(tmp_path: Path) -> No
     assert len(model.graph.initializers) == 1  # the model is left as it was
 
 
-def test_external_data_is_page_aligned_and_keeps_transposed_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_external_data_is_page_aligned_and_keeps_transposed_weights(tmp_path: Path, dtype: str) -> None:
     """torch.onnx folds transposes into non-contiguous numpy weights: written in C order, each at a page
     boundary; small tensors (shapes, axes) stay inline for ONNX Runtime's shape inference."""
+    import ml_dtypes
     import onnx
     import onnx.numpy_helper
 
-    transposed = np.arange(64 * 32, dtype=np.float32).reshape(64, 32).T  # a view, not C-contiguous
+    element = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    transposed = np.arange(64 * 32).astype(element).reshape(64, 32).T  # a view, not C-contiguous
     model = _model()
     big = ir.Value(name="big", const_value=ir.Tensor(transposed, name="big"))
     model.graph.register_initializer(big)
@@ -93,5 +96,5 @@ def test_external_data_is_page_aligned_and_keeps_transposed_weights(tmp_path: Pa
     stored = {t.name: {e.key: e.value for e in t.external_data} for t in proto.graph.initializer}
     assert stored["w"] == {} and int(stored["big"].get("offset", 0)) % _saving.EXTERNAL_DATA_ALIGNMENT == 0
     loaded = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(tmp_path / "m.onnx").graph.initializer}
-    np.testing.assert_array_equal(loaded["big"], transposed)
+    np.testing.assert_array_equal(loaded["big"].astype(np.float32), transposed.astype(np.float32))
     np.testing.assert_array_equal(loaded["w"], np.arange(4, dtype=np.float32))

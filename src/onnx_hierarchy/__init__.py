@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from onnx_hierarchy.inspection._stats import ModuleStats, Summary, summary
     from onnx_hierarchy.inspection._tree import ModuleTree, NodeList, nodes, tree
     from onnx_hierarchy.inspection._validate import ValidationReport, validate
+    from onnx_hierarchy.pieces._assemble import AssembleCheck, AssembleResult, Splice, assemble
     from onnx_hierarchy.pieces._extract import ExtractResult, Piece, PieceCheck, SkippedModule, extract, extract_all
     from onnx_hierarchy.profiling._profile import ModuleTime, NodeTime, ProfileComparison, ProfileResult, profile
     from onnx_hierarchy.reporting._report import ReportResult, report
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from onnx_hierarchy.verification._verify import CallComparison, CallStatus, VerifyResult, verify
 
 __all__ = [
+    "AssembleCheck",
+    "AssembleResult",
     "Boundary",
     "CallComparison",
     "CallStatus",
@@ -74,6 +77,7 @@ __all__ = [
     "RetagResult",
     "SessionPolicy",
     "SkippedModule",
+    "Splice",
     "StageEvent",
     "StageTiming",
     "Summary",
@@ -81,6 +85,7 @@ __all__ = [
     "ValidationReport",
     "VerifyResult",
     "__version__",
+    "assemble",
     "dag",
     "diff",
     "errors",
@@ -141,6 +146,10 @@ _LAZY = {
     "tree": "onnx_hierarchy.inspection._tree",
     "ValidationReport": "onnx_hierarchy.inspection._validate",
     "validate": "onnx_hierarchy.inspection._validate",
+    "AssembleCheck": "onnx_hierarchy.pieces._assemble",
+    "AssembleResult": "onnx_hierarchy.pieces._assemble",
+    "Splice": "onnx_hierarchy.pieces._assemble",
+    "assemble": "onnx_hierarchy.pieces._assemble",
     "ExtractResult": "onnx_hierarchy.pieces._extract",
     "Piece": "onnx_hierarchy.pieces._extract",
     "PieceCheck": "onnx_hierarchy.pieces._extract",

@@ -7,6 +7,7 @@ in one line, because the CLI prints them as a single ``ERROR:`` line with exit c
 from __future__ import annotations
 
 __all__ = [
+    "AssemblyError",
     "ConversionError",
     "DerivationError",
     "ExtractionError",
@@ -75,6 +76,10 @@ class UnknownModuleError(HierarchyError):
 
 class ExtractionError(HierarchyError):
     """A module exists but no standalone piece can be cut from it (no nodes, no such call)."""
+
+
+class AssemblyError(HierarchyError):
+    """A piece does not fit the module it should replace, or replacements overlap."""
 
 
 def reraise_interrupt(error: BaseException) -> None:

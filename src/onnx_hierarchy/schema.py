@@ -215,6 +215,7 @@ class ExportRecord:
         part: Which graph of a generation export the file holds (``model``, ``encoder_model``,
             ``decoder_model``, ``decoder_with_past_model``); ``None`` for a plain export.
         new_parameters: Parameters the checkpoint lacked (a new head), drawn at random from ``seed``.
+        dtype: Precision of the weights and the computation: ``float32``, ``float16`` or ``bfloat16``.
     """
 
     source: str
@@ -234,6 +235,7 @@ class ExportRecord:
     versions: dict[str, str]
     part: str | None = None
     new_parameters: tuple[str, ...] = ()
+    dtype: str = "float32"
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -281,6 +283,7 @@ class PieceRecord:
         call: The one call of a shared module the piece holds; ``None`` for all of its calls.
         inputs: Names of the values the piece reads from the rest of the model, in order.
         outputs: Names of the values the rest of the model reads from the piece, in order.
+        computed: Values entering the module that the piece computes itself (``extract --standalone``).
     """
 
     model: str
@@ -289,6 +292,7 @@ class PieceRecord:
     call: int | None
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    computed: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -298,6 +302,7 @@ class PieceRecord:
             "call": self.call,
             "inputs": list(self.inputs),
             "outputs": list(self.outputs),
+            **({"computed": list(self.computed)} if self.computed else {}),
         }
 
     @classmethod
@@ -309,6 +314,7 @@ class PieceRecord:
             call=data.get("call"),
             inputs=tuple(data["inputs"]),
             outputs=tuple(data["outputs"]),
+            computed=tuple(data.get("computed", ())),
         )
 
 

@@ -11,6 +11,7 @@ import click
 
 from onnx_hierarchy._version import __version__
 from onnx_hierarchy.cli import _errors
+from onnx_hierarchy.cli._assemble import assemble_command
 from onnx_hierarchy.cli._derive import optimize_command, retag_command
 from onnx_hierarchy.cli._export import export_command
 from onnx_hierarchy.cli._extract import extract_command
@@ -37,16 +38,17 @@ __all__ = ["cli", "main"]
 def cli(debug: bool) -> None:
     """Export Hugging Face models to ONNX with every node tagged by the nn.Module that produced it,
     inspect any ONNX model module by module (tree, nodes, summary, dag, diff, validate), cut any module
-    out as a standalone model (extract), compare it with PyTorch module by module (verify), and decode
-    with an exported KV cache beside transformers (generate), and keep the tags through optimizers,
-    quantizers and fp16 (optimize, retag), see where ONNX Runtime spends its time per module (profile),
-    and look at it all in one page (report) or in Model Explorer (view)."""
+    out as a standalone model (extract) and put changed pieces back (assemble), compare it with PyTorch
+    module by module (verify), decode with an exported KV cache beside transformers (generate), keep
+    the tags through optimizers, quantizers and fp16 (optimize, retag), see where ONNX Runtime spends
+    its time per module (profile), and look at it all in one page (report) or in Model Explorer (view)."""
 
 
 for command in (export_command, tree_command, nodes_command, summary_command, dag_command, diff_command):
     cli.add_command(command)
 cli.add_command(validate_command)
 cli.add_command(extract_command)
+cli.add_command(assemble_command)
 cli.add_command(verify_command)
 cli.add_command(generate_command)
 cli.add_command(optimize_command)

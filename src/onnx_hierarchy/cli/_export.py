@@ -15,10 +15,15 @@ from rich.table import Table
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import Output
 from onnx_hierarchy.hf._shapes import InputShapes
-from onnx_hierarchy.runtime._tolerance import CHECK_ATOL, CHECK_RTOL
+from onnx_hierarchy.runtime._tolerance import CHECK_TOLERANCE
 
 if TYPE_CHECKING:
     from onnx_hierarchy.exporting._export import ExportResult
+
+
+def _tolerances(which: int) -> str:
+    """``1e-04 (float32), 0.01 (float16), ...``: the check's default tolerance per dtype."""
+    return ", ".join(f"{pair[which]:g} ({name})" for name, pair in CHECK_TOLERANCE.items())
 
 
 @click.command("export")
@@ -38,8 +43,15 @@ if TYPE_CHECKING:
 @click.option("--opset", type=click.IntRange(min=18), help="ONNX opset. Default: torch.onnx's.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random weights.")
 @click.option("--no-check", is_flag=True, help="Skip the ONNX Runtime vs PyTorch comparison.")
-@click.option("--atol", type=float, default=CHECK_ATOL, show_default=True, help="Absolute tolerance of the check.")
-@click.option("--rtol", type=float, default=CHECK_RTOL, show_default=True, help="Relative tolerance of the check.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16", "bfloat16", "auto"]),
+    default="float32",
+    show_default=True,
+    help="Precision of weights and computation; auto: the checkpoint's own.",
+)
+@click.option("--atol", type=float, help=f"Check's absolute tolerance. Default: {_tolerances(0)}.")
+@click.option("--rtol", type=float, help=f"Check's relative tolerance. Default: {_tolerances(1)}.")
 @click.option("--keep-stack-traces", is_flag=True, help="Keep pkg.torch.onnx.stack_trace (holds local paths).")
 @click.option("--sidecar", is_flag=True, help="Also write OUTPUT.hierarchy.json.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT even if it is not an ONNX file.")
@@ -58,9 +70,10 @@ def export_command(
     static: bool,
     opset: int | None,
     seed: int,
+    dtype: str,
     no_check: bool,
-    atol: float,
-    rtol: float,
+    atol: float | None,
+    rtol: float | None,
     keep_stack_traces: bool,
     sidecar: bool,
     force: bool,
@@ -89,6 +102,7 @@ def export_command(
             dynamic=not static,
             opset=opset,
             seed=seed,
+            dtype=dtype,
             check=not no_check,
             atol=atol,
             rtol=rtol,
@@ -110,7 +124,7 @@ def _render(result: ExportResult, show_tree: bool) -> Group:
     record = result.record
     summary = Table.grid(padding=(0, 2))
     summary.add_row("output", escape(str(result.output)))
-    weights = {"none": "no weights: structure only"}.get(record.weights, f"{record.weights} weights")
+    weights = {"none": "no weights: structure only"}.get(record.weights, f"{record.weights} {record.dtype} weights")
     if record.new_parameters:
         weights += f", {len(record.new_parameters)} new parameter(s) drawn from seed {record.seed}"
     summary.add_row("model", f"{escape(record.model_class)} ({escape(record.source)}, {weights})")
@@ -134,6 +148,8 @@ def _render(result: ExportResult, show_tree: bool) -> Group:
         check = result.check
         tolerance = f"atol {check.atol:g}, rtol {check.rtol:g}"
         summary.add_row("check", f"max abs diff {check.max_abs_diff:.2e} ({tolerance}) {verdict}")
+        if check.note is not None:
+            summary.add_row("", escape(check.note))
     elif record.structure_only:
         summary.add_row("check", "skipped: structure-only export has no weights")
     else:

@@ -32,6 +32,7 @@ _CHECK_COLUMNS = ["max_abs_diff", "check"]
 @click.option("--depth", type=click.IntRange(min=0), help="With --all: modules this many levels down, and leaves.")
 @click.option("--class", "cls", help="With --all: only modules of this class.")
 @click.option("--call", type=click.IntRange(min=0), help="Only this call (0-based) of a module that ran several times.")
+@click.option("--standalone", is_flag=True, help="Compute shape values (batch size, Reshape targets) inside the piece.")
 @click.option("--check", is_flag=True, help="Prove each piece reproduces the whole model's values (ONNX Runtime).")
 @click.option("--atol", type=float, default=PIECE_ATOL, show_default=True, help="Tolerance of the check.")
 @click.option(
@@ -49,6 +50,7 @@ def extract_command(
     depth: int | None,
     cls: str | None,
     call: int | None,
+    standalone: bool,
     check: bool,
     atol: float,
     inputs: Path | None,
@@ -60,6 +62,7 @@ def extract_command(
     \b
       onnx-hierarchy extract model.onnx -m encoder.layer.0 -o layer.onnx --check
       onnx-hierarchy extract model.onnx --all pieces/ --depth 2 --check
+      onnx-hierarchy extract t5.onnx -m encoder -o encoder.onnx --standalone
     """
     from onnx_hierarchy.pieces._extract import extract, extract_all
 
@@ -74,6 +77,7 @@ def extract_command(
                 pattern=module,
                 depth=depth,
                 cls=cls,
+                standalone=standalone,
                 check=check,
                 atol=atol,
                 inputs=inputs,
@@ -87,7 +91,17 @@ def extract_command(
         if any(c in module for c in "*?["):
             raise click.UsageError(f"{module!r} is a pattern: use --all FOLDER to write every module it matches")
         with out.progress() as progress:
-            result = extract(model, module, output, call=call, check=check, atol=atol, inputs=inputs, progress=progress)
+            result = extract(
+                model,
+                module,
+                output,
+                call=call,
+                standalone=standalone,
+                check=check,
+                atol=atol,
+                inputs=inputs,
+                progress=progress,
+            )
     for warning in result.warnings:
         out.warning(warning)
     _render(out, fmt, result, check)

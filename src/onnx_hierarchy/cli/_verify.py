@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     help=".npz file with one array per model input. Default: generated inputs of the recorded shapes.",
 )
 @click.option("--text", help="Text to tokenize with the checkpoint's own tokenizer (text models).")
-@click.option("--atol", type=float, default=VERIFY_ATOL, show_default=True, help="Absolute tolerance.")
-@click.option("--rtol", type=float, default=VERIFY_RTOL, show_default=True, help="Relative tolerance.")
+@click.option("--atol", type=float, help=f"Absolute tolerance. Default: {VERIFY_ATOL:g}; half precision: the check's.")
+@click.option("--rtol", type=float, help=f"Relative tolerance. Default: {VERIFY_RTOL:g}; half precision: the check's.")
 @click.option("--node-data", type=click.Path(dir_okay=False, path_type=Path), help="Model Explorer node data (errors).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def verify_command(
@@ -44,8 +44,8 @@ def verify_command(
     reference: Path | None,
     inputs: Path | None,
     text: str | None,
-    atol: float,
-    rtol: float,
+    atol: float | None,
+    rtol: float | None,
     node_data: Path | None,
     fmt: str,
 ) -> int:

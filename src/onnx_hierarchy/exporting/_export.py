@@ -23,7 +23,7 @@ from onnx_hierarchy.exporting._check import CheckResult, compare_with_torch
 from onnx_hierarchy.hf import _generation, _inputs, _module_tree, _source
 from onnx_hierarchy.hf._shapes import InputShapes, check_sizes
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
-from onnx_hierarchy.runtime._tolerance import CHECK_ATOL, CHECK_RTOL
+from onnx_hierarchy.runtime._tolerance import CHECK_TOLERANCE
 from onnx_hierarchy.schema import ExportRecord, InputRecord, ModuleRecord, TagSource
 from onnx_hierarchy.tagging import _torch as _tagging
 
@@ -134,7 +134,7 @@ class ExportResult:
             dataclasses.replace(o, name=f"{name}/{o.name}") for name, check in checks for o in check.outputs
         )
         error = next((f"{name}: {check.error}" for name, check in checks if check.error), None)
-        return CheckResult(outputs, checks[0][1].atol, checks[0][1].rtol, error)
+        return CheckResult(outputs, checks[0][1].atol, checks[0][1].rtol, error, checks[0][1].note)
 
     @property
     def stage_seconds(self) -> dict[str, float]:
@@ -179,9 +179,10 @@ def export(
     dynamic: bool = True,
     opset: int | None = None,
     seed: int = 0,
+    dtype: str = "float32",
     check: bool = True,
-    atol: float = CHECK_ATOL,
-    rtol: float = CHECK_RTOL,
+    atol: float | None = None,
+    rtol: float | None = None,
     keep_stack_traces: bool = False,
     sidecar: bool = False,
     force: bool = False,
@@ -206,9 +207,12 @@ def export(
         dynamic: Export batch and sequence axes as dynamic (falls back to static when tracing fails).
         opset: ONNX opset; default: torch.onnx's.
         seed: Seed for random weights.
+        dtype: Precision of the weights, float inputs and computation: ``float32``, ``float16``,
+            ``bfloat16``, or ``auto`` (the checkpoint's own, as recorded in its config.json).
         check: Compare ONNX Runtime with PyTorch on the dummy inputs (skipped when structure-only).
-        atol: Absolute tolerance of the check.
-        rtol: Relative tolerance of the check: an element passes within ``atol + rtol * max|expected|``.
+        atol: Absolute tolerance of the check; default: the dtype's (``runtime._tolerance``).
+        rtol: Relative tolerance of the check: an element passes within ``atol + rtol * max|expected|``;
+            default: the dtype's.
         keep_stack_traces: Keep ``pkg.torch.onnx.stack_trace``, which holds local file paths.
         sidecar: Also write ``OUTPUT.hierarchy.json`` with the tree and the node -> module map.
         force: Replace ``output`` even when it exists and is not an ONNX model.
@@ -239,7 +243,8 @@ def export(
             replaced = output.is_file()
             _saving.check_writable(output, force)
         cache_disabled = not with_past and _source.disable_cache(source.config)
-        built = _source.build_model(source, model_class, structure_only=structure_only, seed=seed)
+        torch_dtype = _source.resolve_dtype(dtype, source)
+        built = _source.build_model(source, model_class, structure_only=structure_only, seed=seed, dtype=torch_dtype)
         torch_model, weights = built.model, built.weights
         if generation:
             if input_spec is not None:
@@ -252,6 +257,7 @@ def export(
             if input_spec is not None:
                 inputs = _inputs.apply_input_spec(inputs, Path(input_spec), torch_model)
             parts = [_generation.GraphPart(None, None, inputs, {})]
+        parts = [dataclasses.replace(p, inputs=p.inputs.floats_in(torch_dtype)) for p in parts]
         if structure_only:
             parts = [dataclasses.replace(p, inputs=_on_meta(p.inputs)) for p in parts]
     if weights == "random":
@@ -273,6 +279,7 @@ def export(
         model_class=model_class,
         weights=weights,
         seed=seed,
+        dtype=_source.dtype_name(torch_dtype),
         new_parameters=built.new_parameters,
         structure_only=structure_only,
         dynamic=dynamic,
@@ -280,8 +287,8 @@ def export(
         keep_stack_traces=keep_stack_traces,
         sidecar=sidecar,
         check=check,
-        atol=atol,
-        rtol=rtol,
+        atol=CHECK_TOLERANCE[_source.dtype_name(torch_dtype)][0] if atol is None else atol,
+        rtol=CHECK_TOLERANCE[_source.dtype_name(torch_dtype)][1] if rtol is None else rtol,
         policy=policy,
         use_cache=with_past,
     )
@@ -313,6 +320,7 @@ class _Settings:
     model_class: _source.ModelClass
     weights: str
     seed: int
+    dtype: str
     new_parameters: tuple[str, ...]
     structure_only: bool
     dynamic: bool
@@ -421,6 +429,7 @@ def _export_record(
         versions=_versions(),
         part=part.name,
         new_parameters=settings.new_parameters,
+        dtype=settings.dtype,
     )
 
 

@@ -253,9 +253,9 @@ def _decoder_start(model: Any) -> int:
 
 
 def _empty_past(runner: Any) -> dict[str, np.ndarray]:
-    """Past inputs of length 0: ``[1, heads, 0, head_dim]``, the heads and head size from the graph."""
+    """Past inputs of length 0: ``[1, heads, 0, head_dim]``, the heads, head size and float type from the graph."""
     return {
-        i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=np.float32)
+        i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=np.float16 if "float16" in i.type else np.float32)
         for i in runner.get_inputs()
         if i.name.startswith("past_key_values.")
     }

@@ -37,6 +37,12 @@ class ModelInputs:
     tensors: dict[str, torch.Tensor]
     dynamic_axes: dict[str, dict[int, str]]
 
+    def floats_in(self, dtype: torch.dtype) -> ModelInputs:
+        """The same inputs with every floating-point tensor (pixels, audio, a KV cache) in ``dtype``: a model
+        loaded in half precision takes its float inputs in that precision."""
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in self.tensors.items()}
+        return ModelInputs(tensors, self.dynamic_axes)
+
 
 def generate_inputs(model: torch.nn.Module, shapes: InputShapes) -> ModelInputs:
     """Builds dummy inputs for every input ``forward`` needs that the config describes.

@@ -92,7 +92,8 @@ def rebuild(target: TaggedModel, source: str | None) -> Rebuilt:
     if record is None or record.part is None:
         _source.disable_cache(resolved.config)
     seed = record.seed if record is not None and record.seed is not None else 0
-    built = _source.build_model(resolved, model_class, structure_only=False, seed=seed)
+    dtype = _source.DTYPES.get(record.dtype if record is not None else "float32", torch.float32)
+    built = _source.build_model(resolved, model_class, structure_only=False, seed=seed, dtype=dtype)
     torch_model, weights = built.model, built.weights
     if weights == "random":
         warnings.append(f"{spec} has no weights: PyTorch model rebuilt with random weights from seed {seed}")

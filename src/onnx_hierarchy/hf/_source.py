@@ -20,6 +20,7 @@ import torch
 import transformers
 
 from onnx_hierarchy.errors import ModelSourceError, TaskError, summarize
+from onnx_hierarchy.hf._random_weights import quick_draws
 
 # optimum-cli's task names, each with the Auto classes that build its head, tried in order.
 TASKS: dict[str, tuple[str, ...]] = {
@@ -247,6 +248,34 @@ def _auto_class(task: str, config: transformers.PretrainedConfig) -> ModelClass:
     raise TaskError(f"task {task!r} has no model class for model_type {config.model_type!r}")
 
 
+# --dtype choices: the weights' precision in PyTorch and in the ONNX file.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(name: str, source: ModelSource) -> torch.dtype:
+    """``float32``, ``float16``, ``bfloat16``, or ``auto``: the checkpoint's own dtype (``dtype`` /
+    ``torch_dtype`` in config.json), float32 when it records none or another one (GGUF weights are
+    dequantized to float32).
+
+    Raises:
+        ModelSourceError: ``name`` is none of these.
+    """
+    if name != "auto":
+        if name not in DTYPES:
+            raise ModelSourceError(f"dtype {name!r}: use one of {', '.join(DTYPES)} or auto")
+        return DTYPES[name]
+    if source.kind == "gguf":
+        return torch.float32
+    recorded = getattr(source.config, "dtype", None) or getattr(source.config, "torch_dtype", None)
+    recorded = str(recorded).removeprefix("torch.") if recorded is not None else "float32"
+    return DTYPES.get(recorded, torch.float32)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``float16``, as records and --dtype spell it."""
+    return str(dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class BuiltModel:
     """A model ready to export, and how its weights were made.
@@ -268,15 +297,18 @@ def build_model(
     *,
     structure_only: bool,
     seed: int,
+    dtype: torch.dtype = torch.float32,
 ) -> BuiltModel:
-    """Builds the model in eval mode.
+    """Builds the model in eval mode, its weights in ``dtype``.
 
     Structure-only models live on the meta device: no weight is allocated, so any size fits in memory.
     Random weights, and the weights a checkpoint lacks for the requested head, are drawn from ``seed``
-    without touching the caller's global RNG state, so the same model can be rebuilt later.
+    without touching the caller's global RNG state, so the same model can be rebuilt later; large ones
+    quickly (:func:`~onnx_hierarchy.hf._random_weights.quick_draws`). A checkpoint's safetensors are
+    memory-mapped by transformers and copied shard by shard into weights of ``dtype``.
     """
     config = source.config
-    kwargs: dict[str, Any] = {"attn_implementation": "eager"}
+    kwargs: dict[str, Any] = {"attn_implementation": "eager", "dtype": dtype}
     if source.has_weights and not structure_only:
         # The library never prints: no progress bar, no load report (new parameters are returned instead).
         progress_bars = transformers.utils.logging.is_progress_bar_enabled()
@@ -291,7 +323,6 @@ def build_model(
                     loaded: Any = model_class.from_pretrained(
                         source.location,
                         config=config,
-                        dtype=torch.float32,
                         output_loading_info=True,
                         **source.pretrained_kwargs(),
                         **kwargs,
@@ -310,7 +341,7 @@ def build_model(
                 model = model_class._from_config(config, **kwargs)
             weights = "none"
         else:
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), quick_draws():
                 torch.manual_seed(seed)
                 model = model_class._from_config(config, **kwargs)
             weights = "random"

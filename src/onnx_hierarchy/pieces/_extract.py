@@ -28,13 +28,13 @@ from onnx_hierarchy.core._progress import ProgressCallback, StageClock, StageEve
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.core._traversal import nested_nodes
 from onnx_hierarchy.errors import ExtractionError, OutputError
+from onnx_hierarchy.pieces._standalone import computable, compute_inside
 from onnx_hierarchy.runtime import _compare, _feeds, _session
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
 from onnx_hierarchy.runtime._tolerance import PIECE_ATOL
 from onnx_hierarchy.schema import PieceRecord
 
 __all__ = ["ExtractResult", "Piece", "PieceCheck", "SkippedModule", "extract", "extract_all"]
-
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class Piece:
             module tree: PyTorch's parameters of the module and its descendants, shared ones once).
         weight_elements: Elements of the initializers the piece file carries: the parameters as the graph
             holds them (transposed copies, merged duplicates) plus constants such as shapes.
+        computed: Values entering the module that a standalone piece computes itself (shapes, sizes)
+            instead of taking them as inputs.
     """
 
     module: str
@@ -68,6 +70,7 @@ class Piece:
     outputs: tuple[str, ...]
     parameters: int
     weight_elements: int
+    computed: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +85,7 @@ class Piece:
             "outputs": list(self.outputs),
             "parameters": self.parameters,
             "weight_elements": self.weight_elements,
+            "computed": list(self.computed),
         }
 
 
@@ -168,6 +172,7 @@ def extract(
     output: str | os.PathLike[str],
     *,
     call: int | None = None,
+    standalone: bool = False,
     check: bool = False,
     atol: float = PIECE_ATOL,
     inputs: str | os.PathLike[str] | None = None,
@@ -181,6 +186,8 @@ def extract(
         module: Module path, e.g. ``encoder.layer.0.attention``; ``""`` is the root.
         output: The piece's ONNX file.
         call: Only this call (0-based) of a module that ran more than once.
+        standalone: The piece computes the shape values it reads from the rest of the model (batch size,
+            Reshape targets) from its own tensor inputs, so it runs from real tensors alone.
         check: Run the whole model and the piece in ONNX Runtime and compare the piece's outputs.
         atol: Largest absolute difference a checked piece may have.
         inputs: ``.npz`` file with the model's inputs for the check; generated when omitted.
@@ -196,11 +203,11 @@ def extract(
     output = Path(output)
     clock = StageClock(progress)
     with clock("read"):
-        source = _Cutter(Path(model))
+        source = Cutter(Path(model))
         cut = source.cut(module, call)  # bad modules and calls fail here, before any folder is created
     source.check_output(output)
     with clock("write"):
-        pieces = (source.write(cut, output),)
+        pieces = (source.write(cut, output, standalone),)
     with clock("check"):
         return _finish(source.source, pieces, (), check, atol, inputs, policy)
 
@@ -212,6 +219,7 @@ def extract_all(
     pattern: str | None = None,
     depth: int | None = None,
     cls: str | None = None,
+    standalone: bool = False,
     check: bool = False,
     atol: float = PIECE_ATOL,
     inputs: str | os.PathLike[str] | None = None,
@@ -230,7 +238,7 @@ def extract_all(
     output_dir = Path(output_dir)
     clock = StageClock(progress)
     with clock("read"):
-        source = _Cutter(Path(model))
+        source = Cutter(Path(model))
     selected = source.hierarchy.select(pattern, cls, depth)
     with_nodes = source.source.with_nodes
     skipped = tuple(SkippedModule(p, "no nodes in the graph") for p in selected if p not in with_nodes)
@@ -246,7 +254,7 @@ def extract_all(
     with clock("write"):
         for number, cut in enumerate(cuts, 1):
             clock.report(StageEvent("write", detail=f"{number}/{len(cuts)}: {cut.module or '(root)'}"))
-            pieces.append(source.write(cut, output_dir / _file_name(cut.module)))
+            pieces.append(source.write(cut, output_dir / _file_name(cut.module), standalone))
     with clock("check"):
         return _finish(source.source, tuple(pieces), skipped, check, atol, inputs, policy)
 
@@ -256,7 +264,7 @@ def _file_name(module: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Cut:
+class Cut:
     module: str
     call: int | None
     nodes: list[ir.Node]
@@ -267,7 +275,7 @@ class _Cut:
     internal_edges: int
 
 
-class _Cutter:
+class Cutter:
     """Cuts pieces out of one tagged model, read once."""
 
     def __init__(self, path: Path) -> None:
@@ -281,13 +289,14 @@ class _Cutter:
         self.positions = {node: info.index for node, info in zip(graph, top_level, strict=True)}
         self.nested = {node: sum(1 for _ in nested_nodes(node)) for node in graph}
         self.values = _values_by_name(graph)
+        self.computable: dict[ir.Value, bool] = {}  # which values a standalone piece can compute itself
 
     def check_output(self, output: Path) -> None:
         if output.resolve() == self.path.resolve():
             raise OutputError(f"{output}: is the model being cut; write the piece elsewhere")
         _saving.check_writable(output)
 
-    def cut(self, module: str, call: int | None) -> _Cut:
+    def cut(self, module: str, call: int | None) -> Cut:
         """The nodes of ``module`` (one call of it, or all) and the values crossing their border."""
         hierarchy = self.hierarchy
         record = hierarchy.module(module)
@@ -314,7 +323,7 @@ class _Cutter:
             )
         if not boundary.outputs:
             raise ExtractionError(f"module {module or '(root)'}: its nodes compute nothing the rest of the model reads")
-        return _Cut(
+        return Cut(
             module,
             call,
             nodes,
@@ -336,8 +345,9 @@ class _Cutter:
                     "extract all calls (no --call)"
                 )
 
-    def write(self, cut: _Cut, output: Path) -> Piece:
-        piece = self._piece_model(cut)
+    def write(self, cut: Cut, output: Path, standalone: bool = False) -> Piece:
+        candidates = [str(v.name) for v in cut.inputs if computable(v, self.computable)] if standalone else []
+        piece, computed = self._piece_model(cut, candidates)
         files = _saving.save_atomically(piece, output)
         return Piece(
             module=cut.module,
@@ -347,13 +357,15 @@ class _Cutter:
             files=tuple(files),
             nodes=cut.node_count,
             internal_edges=cut.internal_edges,
-            inputs=tuple(str(v.name) for v in cut.inputs),
+            inputs=tuple(str(v.name) for v in cut.inputs if v.name not in computed),
             outputs=tuple(str(v.name) for v in cut.outputs),
             parameters=self.hierarchy.modules[cut.module].parameters_total,
             weight_elements=sum(math.prod(v.shape.numpy()) for v in cut.weights if v.shape is not None),
+            computed=tuple(computed),
         )
 
-    def _piece_model(self, cut: _Cut) -> ir.Model:
+    def _piece_model(self, cut: Cut, candidates: list[str]) -> tuple[ir.Model, list[str]]:
+        """The piece, and which of the ``candidates`` (values entering it) it computes itself."""
         source = self.source.ir
         # Weights of a structure-only model are names without data; the piece references them the same way.
         absent = [v for v in cut.weights if not v.is_initializer()]
@@ -367,6 +379,7 @@ class _Cutter:
         )
         graph = view.clone()
         del graph.inputs[len(cut.inputs) :]
+        computed = compute_inside(graph, candidates, self.values) if candidates else []
         piece = ir.Model(
             graph,
             ir_version=source.ir_version,
@@ -390,11 +403,12 @@ class _Cutter:
                 module=cut.module,
                 cls=modules[cut.module].cls,
                 call=cut.call,
-                inputs=tuple(str(v.name) for v in cut.inputs),
+                inputs=tuple(str(v.name) for v in graph.inputs),
                 outputs=tuple(str(v.name) for v in cut.outputs),
+                computed=tuple(computed),
             ),
         )
-        return piece
+        return piece, computed
 
 
 def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:

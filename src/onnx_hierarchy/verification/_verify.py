@@ -31,7 +31,7 @@ from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.errors import InputSpecError, ModelFileError, ModelSourceError, summarize
 from onnx_hierarchy.runtime import _compare, _feeds, _session
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
-from onnx_hierarchy.runtime._tolerance import VERIFY_ATOL, VERIFY_RTOL
+from onnx_hierarchy.runtime._tolerance import CHECK_TOLERANCE, VERIFY_ATOL, VERIFY_RTOL
 from onnx_hierarchy.tagging._derivation import Derivation, Evidence, derive
 
 if TYPE_CHECKING:
@@ -175,8 +175,8 @@ def verify(
     reference: str | os.PathLike[str] | None = None,
     inputs: str | os.PathLike[str] | None = None,
     text: str | None = None,
-    atol: float = VERIFY_ATOL,
-    rtol: float = VERIFY_RTOL,
+    atol: float | None = None,
+    rtol: float | None = None,
     policy: SessionPolicy = DEFAULT_POLICY,
     progress: ProgressCallback | None = None,
 ) -> VerifyResult:
@@ -190,8 +190,9 @@ def verify(
         reference: Compare with this ONNX model of the same source instead of PyTorch.
         inputs: ``.npz`` file with one array per graph input. Default: generated inputs of the recorded shapes.
         text: Text to tokenize with the source checkpoint's tokenizer, for text models.
-        atol: Absolute tolerance.
-        rtol: Relative tolerance.
+        atol: Absolute tolerance; default: ``VERIFY_ATOL``, or the export check's for a model exported in
+            half precision (``export --dtype``).
+        rtol: Relative tolerance; default likewise.
         policy: How ONNX Runtime sessions are made.
         progress: Told when each stage (read, build, torch, reference, onnx) starts and finishes.
 
@@ -205,6 +206,9 @@ def verify(
         target = _Side.read(Path(model))
         other = _Side.read(Path(reference)) if reference is not None else None
     record = target.model.record
+    dtype = record.dtype if record is not None else "float32"
+    atol = (VERIFY_ATOL if dtype == "float32" else CHECK_TOLERANCE[dtype][0]) if atol is None else atol
+    rtol = (VERIFY_RTOL if dtype == "float32" else CHECK_TOLERANCE[dtype][1]) if rtol is None else rtol
     if other is not None:
         if record is not None and other.model.record is not None and record.model_type != other.model.record.model_type:
             raise ModelSourceError(

@@ -1,0 +1,416 @@
+"""``assemble``: pieces put back in place of their modules, the way ``extract`` cut them out.
+
+A piece (as ``extract`` wrote it, or as a tool changed it: converted to float16, quantized, rewritten)
+replaces the nodes of its module in the whole model. It is joined to the rest by its boundary values,
+whose names a piece keeps from its model: every graph input of the piece must be a value entering the
+module, every value the rest of the model reads from the module must be a graph output of the piece, with
+the same element type (or another float type: a Cast joins them) and compatible shapes. Tags are kept;
+nodes without one (a converter's Casts, the joining Casts) belong to the module, marked ``derived``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnx_hierarchy import schema
+from onnx_hierarchy.core import _reading, _saving
+from onnx_hierarchy.core._hierarchy import within
+from onnx_hierarchy.core._progress import ProgressCallback, StageClock
+from onnx_hierarchy.core._traversal import ir_nodes
+from onnx_hierarchy.errors import AssemblyError
+from onnx_hierarchy.pieces._extract import Cut, Cutter
+from onnx_hierarchy.runtime import _compare, _feeds, _session
+from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
+from onnx_hierarchy.runtime._tolerance import PIECE_ATOL
+from onnx_hierarchy.schema import DerivationStep, TagSource
+from onnx_hierarchy.tagging._tags import TagWriter
+
+__all__ = ["AssembleCheck", "AssembleResult", "Splice", "assemble"]
+
+_FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
+
+
+@dataclass(frozen=True)
+class Splice:
+    """One piece put in place of its module.
+
+    Attributes:
+        module: The module replaced.
+        call: The one call replaced, for a piece of one call of a shared module.
+        piece: The piece file.
+        removed: Nodes of the module taken out.
+        added: Nodes of the piece put in (joining Casts included).
+        casts: Boundary values joined by a Cast (the piece computes in another precision).
+    """
+
+    module: str
+    call: int | None
+    piece: Path
+    removed: int
+    added: int
+    casts: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "call": self.call,
+            "piece": str(self.piece),
+            "removed": self.removed,
+            "added": self.added,
+            "casts": list(self.casts),
+        }
+
+
+@dataclass(frozen=True)
+class AssembleCheck:
+    """The assembled model against the whole one in ONNX Runtime, on the same inputs.
+
+    ``error`` says why it could not run, when it could not.
+    """
+
+    outputs: dict[str, float]
+    atol: float
+    bitwise: bool
+    error: str | None = None
+
+    @property
+    def max_abs_diff(self) -> float:
+        return float("inf") if self.error else max(self.outputs.values(), default=0.0)
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.max_abs_diff <= self.atol
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "bitwise": self.bitwise,
+            "max_abs_diff": self.max_abs_diff,
+            "atol": self.atol,
+            "outputs": dict(self.outputs),
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class AssembleResult:
+    """What ``assemble`` wrote."""
+
+    model: Path
+    output: Path
+    files: tuple[Path, ...]
+    splices: tuple[Splice, ...]
+    check: AssembleCheck | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.check is None or self.check.passed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": str(self.model),
+            "output": str(self.output),
+            "files": [str(f) for f in self.files],
+            "splices": [s.to_json() for s in self.splices],
+            "check": None if self.check is None else self.check.to_json(),
+            "warnings": list(self.warnings),
+            "passed": self.passed,
+        }
+
+
+def assemble(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    replace: Mapping[str, str | os.PathLike[str]] | None = None,
+    pieces_dir: str | os.PathLike[str] | None = None,
+    check: bool = False,
+    atol: float = PIECE_ATOL,
+    inputs: str | os.PathLike[str] | None = None,
+    policy: SessionPolicy = DEFAULT_POLICY,
+    progress: ProgressCallback | None = None,
+) -> AssembleResult:
+    """Writes ``model`` with modules replaced by pieces.
+
+    Args:
+        model: The whole tagged model the pieces were cut from.
+        output: The assembled ONNX file.
+        replace: Module path -> piece file.
+        pieces_dir: A folder of pieces (as ``extract --all`` writes them): each replaces the module its
+            ``hierarchy.piece`` record names.
+        check: Run the whole and the assembled model in ONNX Runtime on the same inputs and compare.
+        atol: Largest absolute difference the check accepts.
+        inputs: ``.npz`` file with the model's inputs for the check; generated when omitted.
+        policy: How ONNX Runtime sessions of the check are made.
+        progress: Told when each stage (read, splice, save, check) starts and finishes.
+
+    Raises:
+        ModelFileError: The model or a piece is unreadable, or the model has no tags.
+        UnknownModuleError: A module the replacements name is not in the model.
+        AssemblyError: A piece does not fit its module (the message names the value), two replacements
+            overlap, or nothing is to be replaced.
+    """
+    output = Path(output)
+    clock = StageClock(progress)
+    with clock("read"):
+        cutter = Cutter(Path(model))
+        wanted = _replacements(cutter, replace or {}, pieces_dir)
+        cutter.check_output(output)
+    whole = cutter.source.ir
+    writer = TagWriter(list(cutter.hierarchy.modules.values()))
+    cuts = {key: cutter.cut(*key) for key in wanted}  # on the model as read, before any splice
+    substitutes: dict[ir.Value, ir.Value] = {}
+    splices = []
+    with clock("splice"):
+        for key, piece_path in wanted.items():
+            splices.append(_splice(whole, cutter, cuts[key], piece_path, writer, substitutes))
+        whole.graph.sort()
+        _drop_unused_weights(whole.graph)
+        before, after = len(cutter.hierarchy.node_list), sum(1 for _ in ir_nodes(whole))
+        steps = (
+            *schema.read_derivation(whole),
+            DerivationStep("assemble", cutter.path.name, (before, after), _tag_counts(whole)),
+        )
+        schema.write_derivation(whole, steps)
+    with clock("save"):
+        files = _saving.save_atomically(whole, output)
+    result = AssembleResult(Path(model), output, tuple(files), tuple(splices))
+    if not check:
+        return result
+    with clock("check"):
+        return AssembleResult(
+            Path(model), output, tuple(files), tuple(splices), _check(cutter, output, atol, inputs, policy)
+        )
+
+
+def _replacements(
+    cutter: Cutter, replace: Mapping[str, str | os.PathLike[str]], pieces_dir: str | os.PathLike[str] | None
+) -> dict[tuple[str, int | None], Path]:
+    """(module, call) -> piece file, validated: known modules, readable pieces, no overlaps."""
+    wanted: dict[tuple[str, int | None], Path] = {}
+    for module, path in replace.items():
+        cutter.hierarchy.module(module)
+        record = _piece_record(Path(path))
+        wanted[(module, record.call if record is not None and record.module == module else None)] = Path(path)
+    if pieces_dir is not None:
+        folder = Path(pieces_dir)
+        if not folder.is_dir():
+            raise AssemblyError(f"{folder}: not a folder of pieces")
+        for path in sorted(folder.glob("*.onnx")):
+            record = _piece_record(path)
+            if record is None:
+                raise AssemblyError(f"{path}: not a piece (no hierarchy.piece record); name its module with --replace")
+            cutter.hierarchy.module(record.module)
+            wanted[(record.module, record.call)] = path
+    if not wanted:
+        raise AssemblyError("nothing to assemble: give --replace MODULE=PIECE.onnx or --all PIECES_DIR")
+    keys = sorted(wanted, key=lambda k: (k[0].count("."), k[0]))
+    for index, (outer, outer_call) in enumerate(keys):
+        for inner, inner_call in keys[index + 1 :]:
+            same_call = outer_call is None or inner_call is None or outer_call == inner_call or outer != inner
+            if within(inner, outer) and same_call:
+                raise AssemblyError(
+                    f"overlapping replacements: {outer or '(root)'} ({wanted[(outer, outer_call)].name}) contains "
+                    f"{inner or '(root)'} ({wanted[(inner, inner_call)].name}); replace one or the other"
+                )
+    return wanted
+
+
+def _piece_record(path: Path) -> schema.PieceRecord | None:
+    if not path.is_file():
+        raise AssemblyError(f"{path}: no such piece file")
+    return schema.read_piece_record({p.key: p.value for p in _reading.read_proto(path).metadata_props})
+
+
+def _splice(
+    whole: ir.Model,
+    cutter: Cutter,
+    cut: Cut,
+    piece_path: Path,
+    writer: TagWriter,
+    substitutes: dict[ir.Value, ir.Value],
+) -> Splice:
+    """Replaces the nodes of ``cut`` in ``whole`` by the piece's nodes.
+
+    ``substitutes`` maps values earlier splices replaced to their replacements (a module's input may be
+    another replaced module's output); this splice adds its own.
+    """
+    module, call = cut.module, cut.call
+    piece = _reading.read_ir(piece_path)
+    graph = whole.graph
+    entering = {str(v.name): substitutes.get(v, v) for v in cut.inputs}
+    stack = _stack(cutter, module, call)
+    joins: list[ir.Node] = []
+    casts: list[str] = []
+    for piece_input in list(piece.graph.inputs):
+        name = str(piece_input.name)
+        if name not in entering:
+            raise AssemblyError(
+                f"{piece_path.name}: input {name!r} is not a value entering {module or '(root)'} "
+                f"(those are: {', '.join(entering) or 'none'})"
+            )
+        outside = entering[name]
+        _check_fits(piece_path, name, piece_input, outside, "input")
+        source = outside
+        if piece_input.dtype != outside.dtype:
+            cast = _cast(outside, piece_input, f"{name}_to_{_short(piece_input.dtype)}")
+            joins.append(cast)
+            casts.append(name)
+            source = cast.outputs[0]
+        piece_input.replace_all_uses_with(source)
+    produced = {str(v.name): v for v in piece.graph.outputs}
+    replaced_values, new_values = [], []
+    for value in cut.outputs:
+        name = str(value.name)
+        if name not in produced:
+            raise AssemblyError(
+                f"{piece_path.name}: has no output {name!r}, which the rest of the model reads from "
+                f"{module or '(root)'}"
+            )
+        made = produced[name]
+        _check_fits(piece_path, name, made, value, "output")
+        if made.dtype != value.dtype:  # the piece's value keeps a name of its own; the Cast takes the model's
+            made.name = f"{name}_{_short(made.dtype)}"
+            cast = _cast(made, value, f"{name}_from_{_short(made.dtype)}")
+            joins.append(cast)
+            casts.append(name)
+            made = cast.outputs[0]
+        replaced_values.append(value)
+        new_values.append(made)
+    nodes = list(piece.graph)
+    piece.graph.outputs.clear()
+    for node in nodes:
+        piece.graph.remove(node)
+    weights = list(piece.graph.initializers.values())
+    piece.graph.initializers.clear()
+    for node in nodes + joins:
+        if schema.MODULE_KEY not in node.metadata_props:
+            writer.write(node, stack, TagSource.DERIVED)
+    insertion = cut.nodes[0]
+    taken = _names_outside(graph, set(cut.nodes))
+    _rename_clashes(nodes + joins, weights, taken, replaced_values)
+    ir.convenience.replace_nodes_and_values(graph, insertion, cut.nodes, joins + nodes, replaced_values, new_values)
+    substitutes.update(zip(replaced_values, new_values, strict=True))
+    for weight in weights:
+        graph.register_initializer(weight)
+    for domain, version in piece.opset_imports.items():
+        graph.opset_imports.setdefault(domain, version)
+    for key, function in piece.functions.items():
+        whole.functions.setdefault(key, function)
+    return Splice(module, call, piece_path, len(cut.nodes), len(nodes) + len(joins), tuple(casts))
+
+
+def _check_fits(piece: Path, name: str, inside: ir.Value, outside: ir.Value, role: str) -> None:
+    """The piece's boundary value and the model's agree in element type (up to float precision) and shape."""
+    types = inside.dtype, outside.dtype
+    if None not in types and types[0] != types[1] and not set(types) <= _FLOATS:
+        raise AssemblyError(
+            f"{piece.name}: {role} {name!r} is {_short(types[0])} in the piece but {_short(types[1])} in the model"
+        )
+    shapes = inside.shape, outside.shape
+    if shapes[0] is None or shapes[1] is None:
+        return
+    fits = len(shapes[0]) == len(shapes[1]) and all(
+        not (isinstance(a, int) and isinstance(b, int)) or a == b for a, b in zip(shapes[0], shapes[1], strict=True)
+    )
+    if not fits:
+        raise AssemblyError(
+            f"{piece.name}: {role} {name!r} has shape {list(shapes[0])} in the piece but {list(shapes[1])} in the model"
+        )
+
+
+def _cast(value: ir.Value, like: ir.Value, name: str) -> ir.Node:
+    assert like.dtype is not None
+    node = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", like.dtype.value)], name=name)
+    node.outputs[0].name = name
+    node.outputs[0].type, node.outputs[0].shape = like.type, like.shape
+    return node
+
+
+def _short(dtype: ir.DataType | None) -> str:
+    return "unknown" if dtype is None else dtype.name.lower()
+
+
+def _stack(cutter: Cutter, module: str, call: int | None) -> tuple[tuple[str, int], ...]:
+    """The module call chain from the root to ``module``, for the nodes a splice adds."""
+    chain = []
+    path: str | None = module
+    while path is not None:
+        chain.append(path)
+        path = cutter.hierarchy.modules[path].parent
+    return tuple((p, call or 0 if p == module else 0) for p in reversed(chain))
+
+
+def _names_outside(graph: ir.Graph, removed: set[ir.Node]) -> set[str]:
+    """Value and node names the model keeps around the module being replaced."""
+    names = {str(v.name) for v in graph.inputs} | set(graph.initializers)
+    for node in graph:
+        if node not in removed:
+            names.add(str(node.name))
+            names.update(str(v.name) for v in node.outputs if v.name)
+    return names
+
+
+def _rename_clashes(nodes: list[ir.Node], weights: list[ir.Value], taken: set[str], replaced: list[ir.Value]) -> None:
+    """Renames what the piece brings under a name the rest of the model already uses: the copies of shape
+    values a standalone piece computes, weights a converted piece changed (the same name, new data)."""
+    boundary = {str(v.name) for v in replaced}
+    for weight in weights:
+        if weight.name in taken:
+            weight.name = _fresh(str(weight.name), taken)
+    for node in nodes:
+        if node.name in taken:
+            node.name = _fresh(str(node.name), taken)
+        for value in node.outputs:
+            if value.name in taken and value.name not in boundary:
+                value.name = _fresh(str(value.name), taken)
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    number = 1
+    while f"{name}__{number}" in taken:
+        number += 1
+    taken.add(f"{name}__{number}")
+    return f"{name}__{number}"
+
+
+def _drop_unused_weights(graph: ir.Graph) -> None:
+    for name, value in list(graph.initializers.items()):
+        if not value.uses() and value not in graph.outputs:
+            del graph.initializers[name]
+
+
+def _tag_counts(model: ir.Model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in ir_nodes(model):
+        tag = schema.read_node_tag(node)
+        source = tag.source.value if tag is not None else "untagged"
+        counts[source] = counts.get(source, 0) + 1
+    return counts
+
+
+def _check(
+    cutter: Cutter, output: Path, atol: float, inputs: str | os.PathLike[str] | None, policy: SessionPolicy
+) -> AssembleCheck:
+    source = cutter.source
+    if source.structure_only:
+        return AssembleCheck({}, atol, False, "not checked: a structure-only model has no weights to run")
+    feeds = _feeds.model_feeds(source.proto, source.record, inputs)
+    try:
+        expected = _session.run(source.proto, source.path.parent, feeds, (), policy)
+        assembled = _reading.read_proto(output)
+        actual = _session.run(assembled, output.parent, feeds, (), policy)
+    except _session.RuntimeFailure as failure:
+        return AssembleCheck({}, atol, False, str(failure))
+    names = [o.name for o in source.proto.graph.output]
+    diffs = {name: _compare.max_abs_diff(expected[name], actual[name]) for name in names}
+    bitwise = all(np.array_equal(expected[name], actual[name]) for name in names)
+    return AssembleCheck(diffs, atol, bitwise)
