@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def test_every_unmodified_piece_put_back_gives_the_whole_models_outputs_bitwise(
     onnx.checker.check_model(onnx.load(tmp_path / "all.onnx"), full_check=True)
     whole, assembled = onnx_hierarchy.load(model), onnx_hierarchy.load(tmp_path / "all.onnx")
     assert sorted(n.module for n in assembled.node_list) == sorted(n.module for n in whole.node_list)
+    weights = [{t.name for t in onnx.load(path).graph.initializer} for path in (model, tmp_path / "all.onnx")]
+    assert weights[0] == weights[1]  # put back under their own names
 
 
 def _nested(path: Path) -> int:
@@ -150,3 +153,38 @@ def test_bad_assemblies_fail_in_one_line(
         onnx_hierarchy.assemble(model, output, replace={"nope": pieces["encoder.layer.0.attention"]})
     with pytest.raises(AssemblyError, match="is not a value entering pooler"):
         onnx_hierarchy.assemble(model, output, replace={"pooler": pieces["encoder.layer.0.attention"]})
+
+
+def test_a_standalone_piece_goes_back_in_from_the_command_line(
+    perturbed_export: Callable[[str], Path], tmp_path: Path, run_cli: RunCli
+) -> None:
+    model = perturbed_export("t5")
+    piece = tmp_path / "encoder.onnx"
+    code, out, _ = run_cli(
+        ["extract", str(model), "-m", "encoder", "-o", str(piece), "--standalone", "--format", "json"]
+    )
+    (written,) = json.loads(out)["pieces"]
+    assert code == 0 and written["inputs"] == ["input_ids", "attention_mask"] and written["computed"]
+    assert [i.name for i in onnx.load(piece).graph.input] == ["input_ids", "attention_mask"]
+    output = tmp_path / "assembled.onnx"
+    code, out, _ = run_cli(
+        ["assemble", str(model), "--replace", f"encoder={piece}", "-o", str(output), "--check", "--format", "json"]
+    )
+    result = json.loads(out)
+    assert code == 0 and result["check"]["bitwise"] and result["splices"][0]["module"] == "encoder"
+    names = [n.name for n in onnx.load(output).graph.node]
+    assert len(names) == len(set(names))  # the piece's copies of root values were renamed, not duplicated
+
+
+def test_a_piece_of_one_call_replaces_that_call_only(perturbed_export: Callable[[str], Path], tmp_path: Path) -> None:
+    model = perturbed_export("albert")
+    shared = "encoder.albert_layer_groups.0.albert_layers.0"  # runs once per layer: 3 calls
+    pieces = {}
+    for call in (0, 2):
+        pieces[call] = tmp_path / f"call{call}.onnx"
+        onnx_hierarchy.extract(model, shared, pieces[call], call=call)
+    one = onnx_hierarchy.assemble(model, tmp_path / "one.onnx", replace={shared: pieces[2]}, check=True)
+    (splice,) = one.splices
+    assert splice.call == 2 and one.check is not None and one.check.bitwise
+    whole = len(onnx_hierarchy.load(model).nodes(shared))
+    assert splice.removed == splice.added == whole // 3

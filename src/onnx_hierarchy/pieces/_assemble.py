@@ -23,7 +23,7 @@ from onnx_hierarchy import schema
 from onnx_hierarchy.core import _reading, _saving
 from onnx_hierarchy.core._hierarchy import within
 from onnx_hierarchy.core._progress import ProgressCallback, StageClock
-from onnx_hierarchy.core._traversal import ir_nodes
+from onnx_hierarchy.core._traversal import ir_nodes, subgraph_owners
 from onnx_hierarchy.errors import AssemblyError
 from onnx_hierarchy.pieces._extract import Cut, Cutter
 from onnx_hierarchy.runtime import _compare, _feeds, _session
@@ -295,10 +295,12 @@ def _splice(
         if schema.MODULE_KEY not in node.metadata_props:
             writer.write(node, stack, TagSource.DERIVED)
     insertion = cut.nodes[0]
-    taken = _names_outside(graph, set(cut.nodes))
+    taken = _names_outside(graph, {*cut.nodes, *subgraph_owners(cut.nodes)})
+    weights = _shared_weights(graph, weights, taken)
     _rename_clashes(nodes + joins, weights, taken, replaced_values)
     ir.convenience.replace_nodes_and_values(graph, insertion, cut.nodes, joins + nodes, replaced_values, new_values)
     substitutes.update(zip(replaced_values, new_values, strict=True))
+    _drop_unused_weights(graph)  # the module's own: the piece brings them back under the same names
     for weight in weights:
         graph.register_initializer(weight)
     for domain, version in piece.opset_imports.items():
@@ -350,13 +352,35 @@ def _stack(cutter: Cutter, module: str, call: int | None) -> tuple[tuple[str, in
 
 
 def _names_outside(graph: ir.Graph, removed: set[ir.Node]) -> set[str]:
-    """Value and node names the model keeps around the module being replaced."""
-    names = {str(v.name) for v in graph.inputs} | set(graph.initializers)
+    """Value and node names the model keeps around the module being replaced (``removed``: its nodes and the
+    nodes of their subgraphs); a weight only the module reads goes with it."""
+    names = {str(v.name) for v in graph.inputs}
+    names.update(name for name, v in graph.initializers.items() if any(u.node not in removed for u in v.uses()))
     for node in graph:
         if node not in removed:
             names.add(str(node.name))
             names.update(str(v.name) for v in node.outputs if v.name)
     return names
+
+
+def _shared_weights(graph: ir.Graph, weights: list[ir.Value], taken: set[str]) -> list[ir.Value]:
+    """The piece's weights to add: one the rest of the model still reads under the same name, with the same
+    data (a shape constant several modules share), is read from the model's copy instead."""
+    added = []
+    for weight in weights:
+        kept = graph.initializers.get(str(weight.name)) if weight.name in taken else None
+        if kept is not None and _same_data(kept, weight):
+            weight.replace_all_uses_with(kept)
+        else:
+            added.append(weight)
+    return added
+
+
+def _same_data(a: ir.Value, b: ir.Value) -> bool:
+    x, y = a.const_value, b.const_value
+    if x is None or y is None or x.dtype != y.dtype or tuple(x.shape) != tuple(y.shape):
+        return False
+    return x.tobytes() == y.tobytes()
 
 
 def _rename_clashes(nodes: list[ir.Node], weights: list[ir.Value], taken: set[str], replaced: list[ir.Value]) -> None:
