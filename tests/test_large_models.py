@@ -140,14 +140,22 @@ def test_random_weights_are_the_same_when_rebuilt(tmp_path: Path) -> None:
 
 
 _PEAK = """
-import json, os, resource, sys
+import json, sys
+from pathlib import Path
 import onnx_hierarchy
+
+def status(key):
+    return int(Path("/proc/self/status").read_text().split(key + ":")[1].split()[0]) * 1024
+
 onnx_hierarchy.export(sys.argv[1], sys.argv[2] + "/warm.onnx", check=False)  # imports, caches
-status = open("/proc/self/status").read()
-base = int(status.split("VmRSS:")[1].split()[0]) * 1024
-result = onnx_hierarchy.export(sys.argv[3], sys.argv[2] + "/model.onnx", check=False)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"base": base, "peak": peak, "nodes": result.nodes, "traced": result.traced}))
+Path("/proc/self/clear_refs").write_text("5")  # the peak from here on
+base = status("VmRSS")
+stages = {}
+def progress(event):
+    stages[event.stage + (" done" if event.seconds is not None else "")] = status("VmHWM") - base
+result = onnx_hierarchy.export(sys.argv[3], sys.argv[2] + "/model.onnx", check=False, progress=progress)
+peak = status("VmHWM")
+print(json.dumps({"base": base, "peak": peak, "stages": stages, "nodes": result.nodes, "traced": result.traced}))
 """
 
 
