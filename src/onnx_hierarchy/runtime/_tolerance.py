@@ -22,7 +22,8 @@ CHECK_ATOL = 1e-4
 CHECK_RTOL = 1e-3
 # The same check for exports in half precision (``export --dtype``), per dtype: (atol, rtol). Both sides
 # round every value to the dtype (float16 keeps 11 significant bits, bfloat16 8) but accumulate in
-# different orders. Measured on tiny BERT/Llama/T5/ViT/Whisper: float16 within 3e-3 of outputs up to 3.2.
+# different orders. Measured on tiny BERT/Llama/T5/ViT/Whisper: float16 within 3.9e-3, bfloat16 within
+# 2.5e-2 (run as its float32 copy, runtime._widen).
 CHECK_TOLERANCE: dict[str, tuple[float, float]] = {
     "float32": (CHECK_ATOL, CHECK_RTOL),
     "float16": (1e-2, 1e-2),
