@@ -239,6 +239,12 @@ class Hierarchy:
             result.append(found[key])
         return tuple(result)
 
+    def stack(self, index: int) -> tuple[tuple[str, int], ...]:
+        """The module calls node ``index`` ran in, root first, containers that never ran (``ModuleList``)
+        left out: the stack a tag is written from."""
+        calls = self.call_memberships[index]
+        return tuple((m, c) for m, c in reversed(calls) if m == "" or self.modules[m].calls > 0)
+
     def module_boundaries(self, modules: Iterable[str] | None = None) -> dict[str, Boundary[str]]:
         """Boundaries of ``modules`` (default: all with nodes), each with its descendants and all its calls."""
         lineages = self.lineages

@@ -190,30 +190,31 @@ class _Layout:
     """
 
     def __init__(self, tensors: list[ir.TensorProtocol | None]) -> None:
-        largest = max((t.nbytes for t in tensors if t is not None and _transposed(t) is not None), default=0)
+        arrays = [_array(t) for t in tensors if t is not None]
+        largest = max((a.nbytes for a in arrays if a is not None and not a.flags.c_contiguous), default=0)
         self._buffers = (np.empty(largest, np.uint8), np.empty(largest, np.uint8))
 
     def c_order(self, tensor: ir.TensorProtocol | None, index: int) -> bytes | memoryview:
         """The bytes of weight number ``index`` (which buffer it may use), valid until ``index + 2``."""
         assert tensor is not None
-        array = tensor.numpy() if isinstance(tensor, ir.Tensor) else None
-        if array is not None and array.flags.c_contiguous and not array.dtype.hasobject:
-            return array.reshape(-1).view(np.uint8).data
-        transposed = _transposed(tensor)
-        if transposed is None:
+        array = _array(tensor)
+        if array is None:
             return tensor.tobytes()
-        out = self._buffers[index % 2][: transposed.nbytes].view(transposed.dtype).reshape(transposed.shape)
-        rows, columns = transposed.shape
+        if array.flags.c_contiguous:
+            return array.reshape(-1).view(np.uint8).data
+        out = self._buffers[index % 2][: array.nbytes].view(array.dtype).reshape(array.shape)
+        rows, columns = array.shape
         for i in range(0, rows, _TILE):
             for j in range(0, columns, _TILE):
-                out[i : i + _TILE, j : j + _TILE] = transposed[i : i + _TILE, j : j + _TILE]
+                out[i : i + _TILE, j : j + _TILE] = array[i : i + _TILE, j : j + _TILE]
         return out.reshape(-1).view(np.uint8).data
 
 
-def _transposed(tensor: ir.TensorProtocol) -> np.ndarray | None:
-    """The weight's array when it is a 2-D view not in C order (a folded transpose), else ``None``."""
+def _array(tensor: ir.TensorProtocol) -> np.ndarray | None:
+    """The weight's array when it can be written from memory as it lies: in C order, or a 2-D view that
+    is not (a folded transpose, laid out by :class:`_Layout`); else ``None`` (``tobytes`` then)."""
     array = tensor.numpy() if isinstance(tensor, ir.Tensor) else None
-    if array is None or array.ndim != 2 or array.flags.c_contiguous or array.dtype.hasobject:
+    if array is None or array.dtype.hasobject or not (array.flags.c_contiguous or array.ndim == 2):
         return None
     return array
 

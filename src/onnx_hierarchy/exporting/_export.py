@@ -273,13 +273,14 @@ def export(
     if cache_disabled:
         notes.append("exported without KV cache (use_cache=False); --task ...-with-past exports it")
 
+    precision = _source.dtype_name(torch_dtype)
     settings = _Settings(
         source=source,
         task=task_name + (_generation.WITH_PAST_SUFFIX if with_past else ""),
         model_class=model_class,
         weights=weights,
         seed=seed,
-        dtype=_source.dtype_name(torch_dtype),
+        dtype=precision,
         new_parameters=built.new_parameters,
         structure_only=structure_only,
         dynamic=dynamic,
@@ -287,8 +288,8 @@ def export(
         keep_stack_traces=keep_stack_traces,
         sidecar=sidecar,
         check=check,
-        atol=CHECK_TOLERANCE[_source.dtype_name(torch_dtype)][0] if atol is None else atol,
-        rtol=CHECK_TOLERANCE[_source.dtype_name(torch_dtype)][1] if rtol is None else rtol,
+        atol=CHECK_TOLERANCE[precision][0] if atol is None else atol,
+        rtol=CHECK_TOLERANCE[precision][1] if rtol is None else rtol,
         policy=policy,
         use_cache=with_past,
     )

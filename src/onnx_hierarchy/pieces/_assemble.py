@@ -247,7 +247,7 @@ def _splice(
     piece = _reading.read_ir(piece_path)
     graph = whole.graph
     entering = {str(v.name): substitutes.get(v, v) for v in cut.inputs}
-    stack = _stack(cutter, module, call)
+    stack = _stack(cutter, cut)
     joins: list[ir.Node] = []
     casts: list[str] = []
     for piece_input in list(piece.graph.inputs):
@@ -341,14 +341,12 @@ def _short(dtype: ir.DataType | None) -> str:
     return "unknown" if dtype is None else dtype.name.lower()
 
 
-def _stack(cutter: Cutter, module: str, call: int | None) -> tuple[tuple[str, int], ...]:
-    """The module call chain from the root to ``module``, for the nodes a splice adds."""
-    chain = []
-    path: str | None = module
-    while path is not None:
-        chain.append(path)
-        path = cutter.hierarchy.modules[path].parent
-    return tuple((p, call or 0 if p == module else 0) for p in reversed(chain))
+def _stack(cutter: Cutter, cut: Cut) -> tuple[tuple[str, int], ...]:
+    """The module calls from the root to the cut module (its call, for a piece of one call), as a node of
+    it was tagged: the stack of the nodes a splice adds."""
+    stack = cutter.hierarchy.stack(cutter.positions[cut.nodes[0]])
+    depth = next((i for i, (module, _) in enumerate(stack) if module == cut.module), len(stack) - 1)
+    return stack[: depth + 1]
 
 
 def _names_outside(graph: ir.Graph, removed: set[ir.Node]) -> set[str]:

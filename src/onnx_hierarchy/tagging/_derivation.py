@@ -182,11 +182,7 @@ class _Matcher:
     @functools.cached_property
     def stacks(self) -> list[Stack]:
         """Each source node's module calls, root first, containers that never ran left out."""
-        modules = self.source.modules
-        return [
-            tuple((m, c) for m, c in reversed(calls) if m == "" or modules[m].calls > 0)
-            for calls in self.source.call_memberships
-        ]
+        return [self.source.stack(i) for i in range(len(self.source.node_list))]
 
     def derivation(self) -> Derivation:
         nodes = self.derived.node_list
