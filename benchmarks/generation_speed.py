@@ -34,7 +34,7 @@ import transformers
 import onnx_hierarchy
 from onnx_hierarchy.exporting import _conversion
 from onnx_hierarchy.generation._generate import decode_decoder
-from onnx_hierarchy.hf import _generation
+from onnx_hierarchy.hf import _flat_cache
 from onnx_hierarchy.hf._shapes import InputShapes
 from onnx_hierarchy.runtime._session import SessionPolicy, session
 
@@ -56,8 +56,8 @@ def plain_export_seconds(checkpoint: Path, output: Path) -> float:
     or checks: what a user does by hand, from the file on disk to an ONNX file, as ``export`` does."""
     start = time.perf_counter()
     model = load(checkpoint)
-    (part,) = _generation.generation_parts(model, "text-generation", True, InputShapes())
-    with _generation.installed(model, part):
+    (part,) = _flat_cache.generation_parts(model, "text-generation", True, InputShapes())
+    with _flat_cache.installed(model, part):
         dims = {
             name: {axis: torch.export.Dim.DYNAMIC for axis in part.inputs.dynamic_axes.get(name, {})} or None
             for name in part.inputs.tensors

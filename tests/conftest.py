@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test touches the network; set before huggingface_hub reads it
+# Fixtures save checkpoints; their progress bars would land in whichever test's captured stderr builds them
+# first (which depends on how pytest-xdist shares the files out).
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -13,6 +13,7 @@ import pytest
 
 import onnx_hierarchy
 from conftest import RunCli
+from onnx_hierarchy.core._hierarchy import within
 from onnx_hierarchy.deriving._optimize import optimize
 from onnx_hierarchy.errors import AssemblyError, UnknownModuleError
 from onnx_hierarchy.runtime import _feeds, _session
@@ -37,7 +38,7 @@ def test_every_unmodified_piece_put_back_gives_the_whole_models_outputs_bitwise(
         assert result.check is not None and result.check.bitwise, (piece.module, result.check)
         (splice,) = result.splices
         assert splice.removed == splice.added == piece.nodes - _nested(piece.output)
-    covering = onnx_hierarchy.assemble(model, tmp_path / "all.onnx", pieces_dir=_depth_one(model, tmp_path), check=True)
+    covering = onnx_hierarchy.assemble(model, tmp_path / "all.onnx", replace=_depth_one(model, tmp_path), check=True)
     assert covering.check is not None and covering.check.bitwise and len(covering.splices) >= 2
     onnx.checker.check_model(onnx.load(tmp_path / "all.onnx"), full_check=True)
     whole, assembled = onnx_hierarchy.load(model), onnx_hierarchy.load(tmp_path / "all.onnx")
@@ -52,12 +53,9 @@ def _nested(path: Path) -> int:
     return sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph)) - len(model.graph)
 
 
-def _depth_one(model: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "depth-one"
-    _pieces(model, folder, depth=1)
-    for path in folder.glob("root.onnx"):
-        path.unlink()  # the root contains every other piece
-    return folder
+def _depth_one(model: Path, tmp_path: Path) -> dict[str, Path]:
+    """The depth-one pieces, without the root (which contains them), named to be put in as they are."""
+    return {p.module: p.output for p in _pieces(model, tmp_path / "depth-one", depth=1) if p.module}
 
 
 def test_attention_in_float16_changes_only_the_attention_and_what_it_feeds(
@@ -93,6 +91,68 @@ def test_attention_in_float16_changes_only_the_attention_and_what_it_feeds(
     assert any(c.module == "embeddings" and c.max_abs_error == 0.0 for c in verified.calls)
 
 
+ROUND_TRIP = {"bert": "encoder.layer.0.attention", "gpt2": "h.0.attn", "t5": "encoder.block.0.layer.0.SelfAttention"}
+
+
+@pytest.mark.parametrize("model_type", sorted(ROUND_TRIP))
+def test_the_folder_extract_all_wrote_assembles_to_the_whole_and_takes_exactly_one_changed_piece(
+    model_type: str, perturbed_export: Callable[[str], Path], tmp_path: Path
+) -> None:
+    model = perturbed_export(model_type)
+    folder = tmp_path / "pieces"
+    pieces = _pieces(model, folder)
+    assert any(p.module == "" for p in pieces) and len(pieces) > 10  # nested pieces, the root included
+    same = onnx_hierarchy.assemble(model, tmp_path / "same.onnx", pieces_dir=folder, check=True)
+    assert same.check is not None and same.check.bitwise, same.check
+    assert not same.splices and sorted(u.piece for u in same.unchanged) == sorted(p.output for p in pieces)
+    changed = ROUND_TRIP[model_type]
+    piece = folder / f"{changed}.onnx"
+    half = tmp_path / "half.onnx"
+    onnx_hierarchy.optimize(piece, half, fp16=True, check=False)  # the assembled model is checked below
+    half.replace(piece)  # in place of the original, under its name
+    mixed = tmp_path / "mixed.onnx"
+    result = onnx_hierarchy.assemble(model, mixed, pieces_dir=folder, check=True)
+    assert [(s.module, s.piece) for s in result.splices] == [(changed, piece)]
+    assert {u.piece for u in result.unchanged} == {p.output for p in pieces} - {piece}
+    assert result.check is not None and not result.check.bitwise and result.check.passed, result.check
+    verified = onnx_hierarchy.verify(mixed, reference=model)
+    end = [c.module for c in verified.calls].index(changed)
+    assert end > 0
+    before = [c for c in verified.calls[:end] if not within(c.module, changed)]
+    assert before and all(c.max_abs_error == 0.0 for c in before), [c for c in before if c.max_abs_error != 0.0]
+    assert (verified.calls[end].max_abs_error or 0.0) > 0.0, verified.calls[end]
+
+
+def test_two_changed_pieces_one_inside_the_other_fail_in_one_line_naming_both(
+    perturbed_export: Callable[[str], Path], tmp_path: Path, run_cli: RunCli
+) -> None:
+    model = perturbed_export("bert")
+    folder = tmp_path / "pieces"
+    _pieces(model, folder, pattern="encoder.layer.0*")
+    for name in ("encoder.layer.0", "encoder.layer.0.attention.self.query"):
+        _nudge_a_weight(folder / f"{name}.onnx")
+    output = tmp_path / "out.onnx"
+    code, _, err = run_cli(["assemble", str(model), "--all", str(folder), "-o", str(output)])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "encoder.layer.0 (encoder.layer.0.onnx) contains encoder.layer.0.attention.self.query" in err
+    assert not output.exists()
+    (folder / "encoder.layer.0.onnx").unlink()  # the changed inner piece alone goes in; unchanged ones stay out
+    code, out, _ = run_cli(["assemble", str(model), "--all", str(folder), "-o", str(output), "--format", "json"])
+    result = json.loads(out)
+    assert code == 0 and [s["module"] for s in result["splices"]] == ["encoder.layer.0.attention.self.query"]
+    assert "encoder.layer.0.attention" in {u["module"] for u in result["unchanged"]}
+
+
+def _nudge_a_weight(path: Path) -> None:
+    """Changes one element of the piece's largest weight: a change in data alone, as a fine-tune makes."""
+    piece = onnx.load(path)
+    weight = max(piece.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array.flat[0] += 1.0
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    onnx.save(piece, path)
+
+
 @pytest.mark.parametrize("model_type", STANDALONE)
 def test_standalone_pieces_run_from_their_tensor_inputs_alone(
     model_type: str, perturbed_export: Callable[[str], Path], tmp_path: Path
@@ -113,6 +173,8 @@ def test_standalone_pieces_run_from_their_tensor_inputs_alone(
         for name in piece.inputs:  # what is left is a real tensor: model inputs or computed activations
             assert values[name].ndim >= 2 or values[name].dtype.kind == "f", (piece.module, name)
     assert computed > 0
+    back = onnx_hierarchy.assemble(model, tmp_path / "back.onnx", pieces_dir=tmp_path / "standalone")
+    assert not back.splices and len(back.unchanged) == len(result.pieces)  # as cut: standalone pieces too
     if model_type == "t5":
         encoder = next(p for p in result.pieces if p.module == "encoder")
         assert set(encoder.inputs) == {"input_ids", "attention_mask"}

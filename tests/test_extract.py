@@ -35,7 +35,8 @@ def test_every_module_with_nodes_yields_a_piece_that_reproduces_the_whole(
     assert {p.module for p in result.pieces} == with_nodes
     assert {s.module for s in result.skipped} == set(hierarchy.modules) - with_nodes
     assert len(result.checks) == len(result.pieces) and result.check_note is None
-    failures = [(c.module, c.max_abs_diff, c.error) for c in result.checks if not c.passed]
+    pairs = zip(result.pieces, result.checks, strict=True)
+    failures = [(p.module, c.max_abs_diff, c.error) for p, c in pairs if not c.passed]
     assert not failures
     assert all(c.max_abs_diff <= 1e-6 for c in result.checks)
 
@@ -137,21 +138,18 @@ def test_a_wrong_piece_fails_the_check(
     exported: Callable[[str], Exported], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The check compares real values: a piece computing something else fails it."""
+    from onnx_hierarchy.runtime import _check
+
     path = exported("bert").result.output
-    original = _session.session
 
-    def perturbed(
-        model: onnx.ModelProto | Path, folder: Path | None = None, policy: object = _session.DEFAULT_POLICY
-    ) -> object:
-        if isinstance(model, Path):  # the piece, not the whole model
-            proto = onnx.load(model)
-            for tensor in proto.graph.initializer:
-                array = onnx.numpy_helper.to_array(tensor)
-                tensor.CopyFrom(onnx.numpy_helper.from_array(array * 1.01 + 0.01, tensor.name))
-            model = proto
-        return original(model, folder, policy)
+    def perturbed(piece: Path, feeds: object, expose: object, policy: object, notes: object) -> object:
+        proto = onnx.load(piece)  # the piece's weights moved off what the whole model holds
+        for tensor in proto.graph.initializer:
+            array = onnx.numpy_helper.to_array(tensor)
+            tensor.CopyFrom(onnx.numpy_helper.from_array(array * 1.01 + 0.01, tensor.name))
+        return _session.run(proto, piece.parent, feeds, expose, policy, notes)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_session, "session", perturbed)
+    monkeypatch.setattr(_check, "run_file", perturbed)
     result = extract(path, "encoder.layer.0.output.dense", tmp_path / "dense.onnx", check=True)
     assert not result.passed and result.checks[0].max_abs_diff > 1e-3
 
@@ -209,7 +207,7 @@ def test_parameters_are_counted_as_pytorch_and_tree_count_them(
 
     source = exported("bert")
     torch_model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(source.config_dir))
-    tree = {row["path"]: row["parameters"] for row in onnx_hierarchy.tree(source.result.output).to_json()}
+    tree = {row["module"]: row["parameters"] for row in onnx_hierarchy.tree(source.result.output).to_json()}
     result = extract_all(source.result.output, tmp_path, pattern="encoder.layer.0*")
     assert result.pieces
     for piece in result.pieces:

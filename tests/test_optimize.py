@@ -167,7 +167,11 @@ def test_outputs_equal_the_export_in_onnx_runtime(
     model_type: str, pipeline: str, optimized: Callable[[str, str], Optimized]
 ) -> None:
     result = optimized(model_type, pipeline)
-    feeds = _feeds.dummy_feeds(onnx.load(result.export, load_external_data=False))
+    proto = onnx.load(result.export, load_external_data=False)
+    # Static QDQ is calibrated on the inputs generated at the recorded shapes (optimize says so): judged on
+    # those. On other random inputs T5's QDQ falls to 10 dB, which is why the check's tolerance carries a note.
+    shapes = None if pipeline != "qdq" else {i.name: i.shape for i in schema.read_export_record(_props(proto)).inputs}
+    feeds = _feeds.dummy_feeds(proto, shapes)
     expected = _run(result.export, feeds)
     actual = _run(result.output, feeds)
     assert set(actual) == set(expected)
@@ -176,8 +180,12 @@ def test_outputs_equal_the_export_in_onnx_runtime(
         assert worst <= 1e-4
     elif pipeline == "fp16":
         assert worst <= 1e-2
-    else:  # quantized: how close depends on the data (reported by optimize, not judged); it must run
-        assert all(actual[k].shape == expected[k].shape and np.isfinite(actual[k]).all() for k in expected)
+    else:  # quantized: noise proportional to the signal; an independent SQNR against the policy's floor
+        floor = 10.0 if "int4" in pipeline else 20.0
+        for name in expected:
+            noise = np.square(actual[name].astype(np.float64) - expected[name]).sum()
+            signal = np.square(expected[name].astype(np.float64)).sum()
+            assert noise == 0 or 10 * np.log10(signal / noise) >= floor  # GPT-2's Gemms: int4 leaves them
 
 
 def _run(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -195,8 +203,7 @@ def test_verify_against_the_export_accounts_for_every_module_call(
     model_type: str, pipeline: str, optimized: Callable[[str, str], Optimized]
 ) -> None:
     result = optimized(model_type, pipeline)
-    tolerance = 1e-2 if pipeline == "fp16" else 1e-4
-    verified = onnx_hierarchy.verify(result.output, reference=result.export, atol=tolerance, rtol=tolerance)
+    verified = onnx_hierarchy.verify(result.output, reference=result.export)  # the tolerance policy's default
     reported = {(c.module, c.call or 0) for c in verified.calls}
     # Independent recount: every module that tags a node of the export, and its ancestors.
     export = onnx.load(result.export, load_external_data=False)
@@ -209,8 +216,9 @@ def test_verify_against_the_export_accounts_for_every_module_call(
     ran = {m.path for m in onnx_hierarchy.load(result.export).modules.values() if m.calls}
     assert (expected & ran) <= listed
     assert all(c.status in ("ok", "over tolerance", "fused", "removed", "not comparable") for c in verified.calls)
+    # One tolerance policy: every module call of every derived file is within what its steps allow.
+    assert verified.passed, [(c.module, c.ratio) for c in verified.over_tolerance]
     if pipeline in EXACT:
-        assert verified.passed
         fused = [c for c in verified.calls if c.status == "fused"]
         assert all(c.reason and c.reason.startswith("into ") for c in fused)
 
@@ -352,7 +360,9 @@ def test_optimize_and_retag_report_json(
         ["optimize", str(export), "-o", str(tmp_path / "o.onnx"), "--fusions", "ort", "--format", "json"]
     )
     result = json.loads(out)
-    assert code == 0 and result["passed"] and result["check"]["worst"] <= 1e-4
+    check = result["check"]
+    assert code == 0 and result["passed"] and check["max_abs_diff"] <= 1e-4 and check["tolerance"]["atol"] == 1e-4
+    assert all(v["ratio"] == v["max_abs"] / v["threshold"] for v in check["values"])
     assert [s["step"] for s in result["steps"]] == ["ort-fusions-bert"]
     nodes = len(onnx.load(tmp_path / "o.onnx").graph.node)
     assert result["steps"][0]["nodes"][1] == nodes == sum(result["steps"][0]["tags"].values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import statistics
 import time
@@ -15,7 +16,7 @@ import pytest
 import transformers
 
 import onnx_hierarchy
-from conftest import PIPELINES, Optimized
+from conftest import PIPELINES, Exported, Optimized
 from onnx_hierarchy import schema
 from onnx_hierarchy.runtime import _feeds, _session
 
@@ -126,9 +127,10 @@ def test_node_data_trace_and_comparison(
 
 
 def test_bad_input_is_one_line_and_exit_2(
-    perturbed_export: Callable[[str], Path], tmp_path: Path, run_cli: RunCli
+    perturbed_export: Callable[[str], Path], tmp_path: Path, run_cli: RunCli, capsys: pytest.CaptureFixture[str]
 ) -> None:
     export = perturbed_export("bert")
+    capsys.readouterr()  # what exporting the fixture printed, when this test is the first to need it
     untagged = tmp_path / "untagged.onnx"
     model = onnx.load(export)
     for node in model.graph.node:
@@ -141,8 +143,115 @@ def test_bad_input_is_one_line_and_exit_2(
         (["profile", str(export), "--inputs", str(tmp_path / "names.npz")], "input"),
         (["profile", str(export), "--inputs", str(tmp_path / "shapes.npz")], "input_ids"),
         (["profile", str(export), "--runs", "0"], "--runs 0"),
+        (["profile", str(export), "--class", "BertSelfAtention"], "did you mean class BertSelfAttention"),
+        (["profile", str(export), "-m", "encoder.layer.9"], "no module 'encoder.layer.9'"),
     ]
     for args, message in cases:
         code, _, err = run_cli(args)
         assert code == 2, args
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+RUNS = 4
+
+
+@pytest.fixture(scope="module")
+def llama(exported: Callable[[str], Exported]) -> Path:
+    return Path(exported("llama").result.output)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def llama_profile(llama: Path) -> onnx_hierarchy.ProfileResult:
+    return onnx_hierarchy.profile(llama, runs=RUNS, warmup=1, sequence_length=5)
+
+
+def _ancestors(path: str) -> list[str]:
+    """The root and every module whose path is a prefix of ``path``, ``path`` included: recounted from the
+    dotted paths, not through the hierarchy the library uses."""
+    parts = path.split(".") if path else []
+    return [".".join(parts[:i]) for i in range(len(parts) + 1)]
+
+
+def test_group_by_class_counts_each_kernel_once(llama_profile: onnx_hierarchy.ProfileResult) -> None:
+    result = llama_profile
+    classes = {c.cls: c for c in result.by_class()}
+    assert {"LlamaAttention", "LlamaMLP", "LlamaDecoderLayer"} <= set(classes)
+    ran = {m.module: m.cls for m in result.modules if m.calls}
+    for name, row in classes.items():
+        inside = [
+            n for n in result.nodes if n.module is not None and name in {ran.get(a) for a in _ancestors(n.module)}
+        ]
+        assert row.share == pytest.approx(sum(n.ms for n in inside) / result.total_ms, rel=1e-9), name
+        assert row.modules == sum(1 for cls in ran.values() if cls == name)
+        assert row.min_ms <= row.median_ms <= row.max_ms and len(row.runs_ms) == RUNS
+    # The layers hold attention and MLP: a class holding others has at least their time, never double.
+    assert classes["LlamaDecoderLayer"].ms >= classes["LlamaAttention"].ms + classes["LlamaMLP"].ms
+    assert max(c.share for c in classes.values()) == pytest.approx(result.attributed_share, rel=1e-9)
+
+
+def test_selection_is_what_hierarchy_selects(llama: Path, llama_profile: onnx_hierarchy.ProfileResult) -> None:
+    result = llama_profile
+    timed = {m.module: m for m in result.modules}
+    hierarchy = onnx_hierarchy.load(llama)
+    shallow = {m for m in timed if len(_ancestors(m)) - 1 <= 1}
+    assert "" in shallow and len(shallow) > 1
+    assert {m.module for m in result.select(depth=1).modules} == shallow
+    pattern = "layers.*.self_attn"
+    roots = {p for p in hierarchy.modules if fnmatch.fnmatchcase(p, pattern)}
+    assert roots == set(hierarchy.find(pattern)) and len(roots) == 2
+    inside = {m for m in timed if any(r in _ancestors(m) for r in roots)}
+    assert {m.module for m in result.select(pattern).modules} == inside > roots
+    assert {m.module for m in result.select(pattern, depth=0).modules} == roots
+    mlps = {m for m, row in timed.items() if row.cls == "LlamaMLP"}
+    assert (
+        {m.module for m in result.select(cls="LlamaMLP", depth=0).modules}
+        == mlps
+        == set(hierarchy.find(cls="LlamaMLP"))
+    )
+    # Selecting keeps the run whole: shares stay shares of every kernel, classes those of the selection.
+    selected = result.select("layers.0")
+    assert selected.module("layers.0") == result.module("layers.0") and selected.total_ms == result.total_ms
+    assert {c.cls for c in selected.by_class()} == {m.cls for m in selected.modules if m.calls}
+    assert selected.by_class()[0].ms == pytest.approx(result.module("layers.0").total_ms, rel=1e-9)
+
+
+def test_runs_are_kept_apart(llama_profile: onnx_hierarchy.ProfileResult) -> None:
+    result = llama_profile
+    assert result.runs == RUNS and all(len(n.runs_ms) == RUNS for n in result.nodes)
+    root = result.module("")
+    for run in range(RUNS):  # each run's module times are a partition of that run's kernels
+        attributed = sum(n.runs_ms[run] for n in result.nodes if n.module is not None)
+        assert root.runs_ms[run] == pytest.approx(attributed, rel=1e-9)
+    for module in result.modules:
+        assert module.total_ms == pytest.approx(statistics.mean(module.runs_ms), rel=1e-9)
+        assert module.min_ms <= module.median_ms <= module.max_ms
+
+
+def test_cli_shows_input_shapes_spread_selection_and_classes(llama: Path, run_cli: RunCli) -> None:
+    args = ["profile", str(llama), "--runs", str(RUNS), "--warmup", "1", "--sequence-length", "5"]
+    code, out, _ = run_cli([*args, "--format", "json"])
+    assert code == 0
+    data = json.loads(out)
+    proto = onnx.load(llama, load_external_data=False)
+    feeds = _feeds.run_feeds(proto, schema.read_export_record(_metadata(llama)), sequence_length=5)
+    taken = {i.name for i in proto.graph.input}
+    assert data["inputs"] == {k: list(v.shape) for k, v in feeds.items() if k in taken}
+    assert all(5 in shape for shape in data["inputs"].values())
+    assert data["runs"] == RUNS and data["modules"][0]["module"] == ""  # the root is "" in data
+    for row in data["modules"] + data["classes"]:
+        assert len(row["runs_ms"]) == RUNS
+        assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+        mean = row.get("total_ms", row.get("ms"))
+        assert row["min_ms"] - 1e-6 <= mean <= row["max_ms"] + 1e-6
+    assert {"LlamaAttention", "LlamaMLP"} <= {c["class"] for c in data["classes"]}
+    code, out, _ = run_cli([*args, "--depth", "1", "--format", "json"])
+    assert code == 0 and {m["module"] for m in json.loads(out)["modules"]} == {
+        m["module"] for m in data["modules"] if m["module"].count(".") == 0
+    }
+    code, out, _ = run_cli([*args, "--group-by", "class"])
+    shapes = ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in data["inputs"].items())
+    assert code == 0 and f"inputs: {shapes}" in out and "(root)" not in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:] if line.strip()}
+    assert rows["LlamaAttention"][4].endswith("%") and rows["LlamaMLP"][4].endswith("%")
+    code, out, _ = run_cli([*args, "--class", "LlamaMLP", "--depth", "0"])
+    assert code == 0 and sum("LlamaMLP" in line for line in out.splitlines()) == 2

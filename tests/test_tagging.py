@@ -139,7 +139,7 @@ def test_the_tag_writer_works_without_torch_on_any_tracer() -> None:
 
 def test_a_fused_node_goes_where_most_of_its_work_was_done() -> None:
     """The merge rule of retag, on the cases that plain deepest-shared-call gets wrong."""
-    from onnx_hierarchy.tagging._derivation import fused_stack
+    from onnx_hierarchy.tagging._matching import fused_stack
 
     root, layer0, layer1 = ("", 0), ("h.0", 0), ("h.1", 0)
     attention = (root, layer0, ("h.0.attn", 0))

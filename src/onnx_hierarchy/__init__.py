@@ -21,9 +21,8 @@ if TYPE_CHECKING:
     from onnx_hierarchy.core._hierarchy import Hierarchy, NodeInfo, load
     from onnx_hierarchy.core._progress import StageEvent, StageTiming
     from onnx_hierarchy.core._tagged import TaggedModel
-    from onnx_hierarchy.deriving._optimize import OptimizeCheck, OptimizeResult, OptimizeStep, optimize
+    from onnx_hierarchy.deriving._optimize import OptimizeResult, OptimizeStep, optimize
     from onnx_hierarchy.deriving._retag import RetagResult, retag
-    from onnx_hierarchy.exporting._check import CheckResult, OutputDifference
     from onnx_hierarchy.exporting._export import ExportResult, PartResult, export
     from onnx_hierarchy.generation._generate import Continuation, GenerateResult, generate
     from onnx_hierarchy.hf._shapes import InputShapes
@@ -32,21 +31,30 @@ if TYPE_CHECKING:
     from onnx_hierarchy.inspection._stats import ModuleStats, Summary, summary
     from onnx_hierarchy.inspection._tree import ModuleTree, NodeList, nodes, tree
     from onnx_hierarchy.inspection._validate import ValidationReport, validate
-    from onnx_hierarchy.pieces._assemble import AssembleCheck, AssembleResult, Splice, assemble
-    from onnx_hierarchy.pieces._extract import ExtractResult, Piece, PieceCheck, SkippedModule, extract, extract_all
-    from onnx_hierarchy.profiling._profile import ModuleTime, NodeTime, ProfileComparison, ProfileResult, profile
+    from onnx_hierarchy.pieces._assemble import AssembleResult, Splice, Unchanged, assemble
+    from onnx_hierarchy.pieces._extract import ExtractResult, Piece, SkippedModule, extract, extract_all
+    from onnx_hierarchy.profiling._profile import (
+        ClassTime,
+        ModuleTime,
+        NodeTime,
+        ProfileComparison,
+        ProfileResult,
+        profile,
+    )
     from onnx_hierarchy.reporting._report import ReportResult, report
     from onnx_hierarchy.reporting._view import view
+    from onnx_hierarchy.runtime._compare import Comparison, ValueDifference
     from onnx_hierarchy.runtime._session import SessionPolicy
+    from onnx_hierarchy.runtime._tolerance import Tolerance
     from onnx_hierarchy.verification._verify import CallComparison, CallStatus, VerifyResult, verify
 
 __all__ = [
-    "AssembleCheck",
     "AssembleResult",
     "Boundary",
     "CallComparison",
     "CallStatus",
-    "CheckResult",
+    "ClassTime",
+    "Comparison",
     "Continuation",
     "Dag",
     "Diff",
@@ -64,13 +72,10 @@ __all__ = [
     "NodeInfo",
     "NodeList",
     "NodeTime",
-    "OptimizeCheck",
     "OptimizeResult",
     "OptimizeStep",
-    "OutputDifference",
     "PartResult",
     "Piece",
-    "PieceCheck",
     "ProfileComparison",
     "ProfileResult",
     "ReportResult",
@@ -82,7 +87,10 @@ __all__ = [
     "StageTiming",
     "Summary",
     "TaggedModel",
+    "Tolerance",
+    "Unchanged",
     "ValidationReport",
+    "ValueDifference",
     "VerifyResult",
     "__version__",
     "assemble",
@@ -115,14 +123,11 @@ _LAZY = {
     "StageEvent": "onnx_hierarchy.core._progress",
     "StageTiming": "onnx_hierarchy.core._progress",
     "TaggedModel": "onnx_hierarchy.core._tagged",
-    "OptimizeCheck": "onnx_hierarchy.deriving._optimize",
     "OptimizeResult": "onnx_hierarchy.deriving._optimize",
     "OptimizeStep": "onnx_hierarchy.deriving._optimize",
     "optimize": "onnx_hierarchy.deriving._optimize",
     "RetagResult": "onnx_hierarchy.deriving._retag",
     "retag": "onnx_hierarchy.deriving._retag",
-    "CheckResult": "onnx_hierarchy.exporting._check",
-    "OutputDifference": "onnx_hierarchy.exporting._check",
     "ExportResult": "onnx_hierarchy.exporting._export",
     "PartResult": "onnx_hierarchy.exporting._export",
     "Continuation": "onnx_hierarchy.generation._generate",
@@ -146,16 +151,16 @@ _LAZY = {
     "tree": "onnx_hierarchy.inspection._tree",
     "ValidationReport": "onnx_hierarchy.inspection._validate",
     "validate": "onnx_hierarchy.inspection._validate",
-    "AssembleCheck": "onnx_hierarchy.pieces._assemble",
     "AssembleResult": "onnx_hierarchy.pieces._assemble",
     "Splice": "onnx_hierarchy.pieces._assemble",
+    "Unchanged": "onnx_hierarchy.pieces._assemble",
     "assemble": "onnx_hierarchy.pieces._assemble",
     "ExtractResult": "onnx_hierarchy.pieces._extract",
     "Piece": "onnx_hierarchy.pieces._extract",
-    "PieceCheck": "onnx_hierarchy.pieces._extract",
     "SkippedModule": "onnx_hierarchy.pieces._extract",
     "extract": "onnx_hierarchy.pieces._extract",
     "extract_all": "onnx_hierarchy.pieces._extract",
+    "ClassTime": "onnx_hierarchy.profiling._profile",
     "ModuleTime": "onnx_hierarchy.profiling._profile",
     "NodeTime": "onnx_hierarchy.profiling._profile",
     "ProfileComparison": "onnx_hierarchy.profiling._profile",
@@ -164,7 +169,10 @@ _LAZY = {
     "ReportResult": "onnx_hierarchy.reporting._report",
     "report": "onnx_hierarchy.reporting._report",
     "view": "onnx_hierarchy.reporting._view",
+    "Comparison": "onnx_hierarchy.runtime._compare",
+    "ValueDifference": "onnx_hierarchy.runtime._compare",
     "SessionPolicy": "onnx_hierarchy.runtime._session",
+    "Tolerance": "onnx_hierarchy.runtime._tolerance",
     "CallComparison": "onnx_hierarchy.verification._verify",
     "CallStatus": "onnx_hierarchy.verification._verify",
     "VerifyResult": "onnx_hierarchy.verification._verify",

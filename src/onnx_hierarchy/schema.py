@@ -361,14 +361,17 @@ def read_node_tag(node: HasMetadata) -> NodeTag | None:
         return None
     call = props.get(CALL_KEY)
     fused = props.get(FUSED_KEY)
-    return NodeTag(
-        module=props[MODULE_KEY],
-        cls=props.get(CLASS_KEY, ""),
-        tag=props.get(TAG_KEY, ""),
-        source=TagSource(props.get(SOURCE_KEY, TagSource.INFERRED.value)),
-        call=int(call) if call is not None else None,
-        fused=int(fused) if fused is not None else None,
-    )
+    try:
+        return NodeTag(
+            module=props[MODULE_KEY],
+            cls=props.get(CLASS_KEY, ""),
+            tag=props.get(TAG_KEY, ""),
+            source=TagSource(props.get(SOURCE_KEY, TagSource.INFERRED.value)),
+            call=int(call) if call is not None else None,
+            fused=int(fused) if fused is not None else None,
+        )
+    except ValueError as error:  # a damaged tag: an unknown source, a call or count that is no number
+        raise ModelFileError(f"a node of module {props[MODULE_KEY]!r} has a damaged tag ({error})") from error
 
 
 def read_node_module(props: Mapping[str, str]) -> tuple[str, int | None, str] | None:

@@ -10,9 +10,10 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
+from onnx_hierarchy.cli._arguments import EXISTING, EXISTING_FILE
+from onnx_hierarchy.cli._comparison import check_lines
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import Output
-from onnx_hierarchy.runtime._tolerance import PIECE_ATOL
 
 if TYPE_CHECKING:
     from onnx_hierarchy.pieces._assemble import AssembleResult
@@ -31,7 +32,7 @@ def _replacement(ctx: click.Context, param: click.Parameter, values: tuple[str, 
 
 
 @click.command("assemble")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=EXISTING_FILE)
 @click.option(
     "--replace",
     "replace",
@@ -43,12 +44,13 @@ def _replacement(ctx: click.Context, param: click.Parameter, values: tuple[str, 
 @click.option(
     "--all",
     "pieces_dir",
-    type=click.Path(path_type=Path),
-    help="Put every piece of this folder in place of the module it records.",
+    type=EXISTING,
+    help="Put every piece of this folder that differs from its module in MODEL in place of that module "
+    "(pieces as extract cut them are left out; two changed pieces, one inside the other, are an error).",
 )
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--check", is_flag=True, help="Compare the assembled model with MODEL in ONNX Runtime.")
-@click.option("--atol", type=float, default=PIECE_ATOL, show_default=True, help="Tolerance of the check.")
+@click.option("--atol", type=float, help="Tolerance of the check. Default: by what the pieces changed.")
 @click.option(
     "--inputs",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -91,6 +93,9 @@ def assemble_command(
     return EXIT_OK if result.passed else EXIT_CHECK_FAILED
 
 
+_LISTED = 5  # unchanged pieces named in text (JSON lists them all)
+
+
 def _render(result: AssembleResult) -> Group:
     table = Table.grid(padding=(0, 2))
     table.add_row("output", escape(str(result.output)))
@@ -101,12 +106,12 @@ def _render(result: AssembleResult) -> Group:
             escape((splice.module or "(root)") + call),
             escape(f"{splice.piece.name}: {splice.removed} nodes out, {splice.added} in{casts}"),
         )
+    if result.unchanged:
+        names = [(u.module or "(root)") + (f" @{u.call}" if u.call is not None else "") for u in result.unchanged]
+        shown = ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+        table.add_row("unchanged", escape(f"{len(names)} piece(s) left out, the same as in the model: {shown}"))
     check = result.check
     if check is not None:
-        if check.error is not None:
-            table.add_row("check", f"[red]failed[/]: {escape(check.error)}")
-        else:
-            same = "bitwise equal" if check.bitwise else f"max abs diff {check.max_abs_diff:.2e}"
-            verdict = "[green]ok[/]" if check.passed else "[red]over tolerance[/]"
-            table.add_row("check", f"{same} (atol {check.atol:g}) {verdict}")
+        for label, line in zip(("check", *[""] * 3), check_lines(check), strict=False):
+            table.add_row(label, line)
     return Group(table)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import click
 from rich.table import Table
 
+from onnx_hierarchy.cli._arguments import EXISTING_FILE
+from onnx_hierarchy.cli._comparison import check_lines
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import Output
 
@@ -19,8 +21,8 @@ FORMATS = click.Choice(["text", "json"])
 
 
 @click.command("retag")
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("derived", type=click.Path(path_type=Path))
+@click.argument("source", type=EXISTING_FILE)
+@click.argument("derived", type=EXISTING_FILE)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The tagged model to write.")
 @click.option("--format", "fmt", type=FORMATS, default="text", show_default=True)
 def retag_command(source: Path, derived: Path, output: Path, fmt: str) -> int:
@@ -42,7 +44,7 @@ def retag_command(source: Path, derived: Path, output: Path, fmt: str) -> int:
 
 
 @click.command("optimize")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=EXISTING_FILE)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The optimized model.")
 @click.option(
     "--fusions", type=click.Choice(["onnxscript", "ort"]), help="onnxscript's ORT fusions or ORT's optimizer."
@@ -124,11 +126,6 @@ def _render_optimize(result: OptimizeResult) -> Table:
         table.add_row(step.step, f"{before} → {after} nodes, {_tags(step.tags)}  [dim]{step.seconds:.1f} s[/]")
     check = result.check
     if check is not None:
-        worst = f"max abs diff {check.worst:.2e}"
-        if check.passed is None:
-            table.add_row("check", f"{worst} [dim](quantized: reported, not judged)[/]")
-        elif check.passed:
-            table.add_row("check", f"[green]ok[/]: {worst} <= {check.atol:g}")
-        else:
-            table.add_row("check", f"[red]over tolerance[/]: {worst} > {check.atol:g}")
+        for label, line in zip(("check", *[""] * 3), check_lines(check), strict=False):
+            table.add_row(label, line)
     return table

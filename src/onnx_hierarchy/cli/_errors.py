@@ -28,8 +28,8 @@ def handle(error: BaseException, *, debug: bool, as_json: bool = False) -> int:
         kind, message, code = type(error).__name__, str(error), EXIT_USAGE
         error_line(message)
     elif isinstance(error, click.ClickException):
-        kind, message, code = "UsageError", error.format_message(), EXIT_USAGE
-        error.show()
+        kind, message, code = "UsageError", _usage_message(error), EXIT_USAGE
+        error_line(message)
     elif isinstance(error, (KeyboardInterrupt, click.Abort)):
         kind, message, code = "Interrupted", "interrupted; nothing was written", EXIT_INTERRUPTED
         error_line(message)
@@ -39,3 +39,12 @@ def handle(error: BaseException, *, debug: bool, as_json: bool = False) -> int:
     if as_json:
         sys.stdout.write(json.dumps({"error": {"kind": kind, "message": message, "exit_code": code}}) + "\n")
     return code
+
+
+def _usage_message(error: click.ClickException) -> str:
+    """Click's message in one line, naming where the usage is: ``Missing option '-o'; see `... --help```."""
+    message = error.format_message().strip().replace("\n", " ").rstrip(".")
+    context = getattr(error, "ctx", None)
+    if context is None:
+        return message
+    return f"{message}; see `{context.command_path} --help`"

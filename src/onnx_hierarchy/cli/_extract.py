@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.markup import escape
 
+from onnx_hierarchy.cli._arguments import EXISTING_FILE
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import TABLE_FORMATS, Output, render_table, wide_option
-from onnx_hierarchy.runtime._tolerance import PIECE_ATOL
 
 if TYPE_CHECKING:
     from onnx_hierarchy.pieces._extract import ExtractResult
@@ -20,7 +20,7 @@ _CHECK_COLUMNS = ["max_abs_diff", "check"]
 
 
 @click.command("extract")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=EXISTING_FILE)
 @click.option("--module", "-m", "module", help="Module path; with --all, a glob narrowing the selection.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="The piece's ONNX file.")
 @click.option(
@@ -34,7 +34,7 @@ _CHECK_COLUMNS = ["max_abs_diff", "check"]
 @click.option("--call", type=click.IntRange(min=0), help="Only this call (0-based) of a module that ran several times.")
 @click.option("--standalone", is_flag=True, help="Compute shape values (batch size, Reshape targets) inside the piece.")
 @click.option("--check", is_flag=True, help="Prove each piece reproduces the whole model's values (ONNX Runtime).")
-@click.option("--atol", type=float, default=PIECE_ATOL, show_default=True, help="Tolerance of the check.")
+@click.option("--atol", type=float, help="Tolerance of the check. Default: 1e-06 (the same arithmetic).")
 @click.option(
     "--inputs",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -112,11 +112,11 @@ def _render(out: Output, fmt: str, result: ExtractResult, check: bool) -> None:
     if fmt == "json":
         out.result("", result.to_json())
         return
-    checks = {(c.module, c.call): c for c in result.checks}
     rows: list[dict[str, Any]] = []
-    for piece in result.pieces:
+    for index, piece in enumerate(result.pieces):
         row: dict[str, Any] = {
-            "module": (piece.module or "(root)") + (f" @{piece.call}" if piece.call is not None else ""),
+            "module": piece.module,
+            "call": piece.call,
             "class": piece.cls,
             "nodes": piece.nodes,
             "edges": piece.internal_edges,
@@ -125,22 +125,23 @@ def _render(out: Output, fmt: str, result: ExtractResult, check: bool) -> None:
             "parameters": piece.parameters,
             "file": str(piece.output),
         }
-        outcome = checks.get((piece.module, piece.call))
+        outcome = result.checks[index] if result.checks else None
         if outcome is not None:
             row["max_abs_diff"] = f"{outcome.max_abs_diff:.1e}"
             row["check"] = "pass" if outcome.passed else f"FAIL{': ' + outcome.error if outcome.error else ''}"
         rows.append(row)
-    columns = _COLUMNS + (_CHECK_COLUMNS if result.checks else [])
+    calls = ["call"] if any(piece.call is not None for piece in result.pieces) else []
+    columns = _COLUMNS[:1] + calls + _COLUMNS[1:] + (_CHECK_COLUMNS if result.checks else [])
     render_table(out, fmt, rows, columns)
     if fmt != "text":
         return
     if result.skipped:
         names = ", ".join(s.module for s in result.skipped[:5]) + (", ..." if len(result.skipped) > 5 else "")
-        out.out.print(f"skipped {len(result.skipped)} module(s) without nodes: {escape(names)}")
+        out.show(f"skipped {len(result.skipped)} module(s) without nodes: {escape(names)}")
     if check and result.check_note:
-        out.out.print(f"[yellow]{escape(result.check_note)}[/]")
+        out.show(f"[yellow]{escape(result.check_note)}[/]")
     elif result.checks:
         failed = sum(not c.passed for c in result.checks)
-        atol = result.checks[0].atol
-        verdict = f"[green]all {len(result.checks)} pieces reproduce the model[/] (max abs diff <= {atol:g})"
-        out.out.print(verdict if not failed else f"[red]{failed} of {len(result.checks)} pieces failed[/]")
+        tolerance = escape(result.checks[0].tolerance.describe())
+        verdict = f"[green]all {len(result.checks)} pieces reproduce the model[/] ({tolerance})"
+        out.show(verdict if not failed else f"[red]{failed} of {len(result.checks)} pieces failed[/]")

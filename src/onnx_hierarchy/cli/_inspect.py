@@ -10,13 +10,14 @@ import click
 from rich.console import Group
 from rich.markup import escape
 
+from onnx_hierarchy.cli._arguments import EXISTING_FILE
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import TABLE_FORMATS, Output, render_table, wide_option
 
 if TYPE_CHECKING:
     from onnx_hierarchy.core._hierarchy import Hierarchy
 
-_model_argument = click.argument("model", type=click.Path(path_type=Path))
+_model_argument = click.argument("model", type=EXISTING_FILE)
 
 
 def _read(model: Path, out: Output) -> Hierarchy:
@@ -62,7 +63,7 @@ def tree_command(model: Path, module: str | None, cls: str | None, depth: int | 
         ]
         out.result(Group(header, *trees), result.to_json())
     else:
-        columns = ["path", "class", "own_nodes", "nodes", "parameters", "calls", "ops"]
+        columns = ["module", "class", "own_nodes", "nodes", "parameters", "calls", "ops"]
         render_table(out, fmt, result.to_json(), columns)
     return EXIT_OK
 
@@ -93,11 +94,14 @@ def nodes_command(model: Path, module: str | None, cls: str | None, own: bool, f
 @click.command("summary")
 @_model_argument
 @_selection
-@click.option("--depth", type=click.IntRange(min=0), default=1, show_default=True, help="Depth of the rows.")
+@click.option(
+    "--depth", type=click.IntRange(min=0), help="Depth of the rows (default 1); with -m/--class, of the matches kept."
+)
 @click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
 @wide_option
-def summary_command(model: Path, module: str | None, cls: str | None, depth: int, fmt: str, wide: bool) -> int:
-    """One row per module at DEPTH: operations, internal edges, boundary inputs and outputs, parameters."""
+def summary_command(model: Path, module: str | None, cls: str | None, depth: int | None, fmt: str, wide: bool) -> int:
+    """One row per module at DEPTH: operations, internal edges, boundary inputs and outputs, parameters; the
+    total counts each node once."""
     from onnx_hierarchy.inspection._stats import summary
 
     out = Output(fmt, wide=wide)
@@ -127,12 +131,12 @@ def dag_command(model: Path, module: str, fmt: str) -> int:
 
 
 @click.command("diff")
-@click.argument("model_a", type=click.Path(path_type=Path))
-@click.argument("model_b", type=click.Path(path_type=Path))
+@click.argument("model_a", type=EXISTING_FILE)
+@click.argument("model_b", type=EXISTING_FILE)
 @click.option("--format", "fmt", type=TABLE_FORMATS, default="text", show_default=True)
 @wide_option
 def diff_command(model_a: Path, model_b: Path, fmt: str, wide: bool) -> int:
-    """Per-module differences in node counts and op types between two models."""
+    """Per-module differences in node counts, op types and element types (float32 → float16) between two models."""
     from onnx_hierarchy.inspection._diff import diff
 
     out = Output(fmt, wide=wide)
@@ -140,19 +144,21 @@ def diff_command(model_a: Path, model_b: Path, fmt: str, wide: bool) -> int:
     if fmt == "json":
         out.result("", result.to_json())
     elif not result.modules and fmt == "text":
-        out.result("no differences in node counts or op types", [])
+        out.result("no differences in node counts, op types or element types", [])
     else:
         rows = [
             {
-                "module": d.path or "(root)",
+                "module": d.path,
                 "nodes_a": d.nodes_a,
                 "nodes_b": d.nodes_b,
                 "ops": ", ".join(f"{op} {a}→{b}" for op, (a, b) in d.ops.items()),
                 "fused": "; ".join(f.describe() for f in d.fused),
+                "dtypes": "; ".join(c.describe() for c in d.dtypes),
             }
             for d in result.modules
         ]
-        columns = ["module", "nodes_a", "nodes_b", "ops"] + (["fused"] if any(d.fused for d in result.modules) else [])
+        columns = ["module", "nodes_a", "nodes_b", "ops"]
+        columns += [c for c in ("fused", "dtypes") if any(row[c] for row in rows)]
         render_table(out, fmt, rows, columns)
     return EXIT_OK
 

@@ -63,11 +63,26 @@ class Output:
         if self.is_json:
             self.raw(json.dumps(data, indent=indent, default=str) + "\n")
         else:
+            self.show(human)
+
+    def show(self, human: RenderableType) -> None:
+        """Prints ``human`` on stdout: laid out by rich on a terminal; to a pipe or file, without the spaces
+        rich pads grids and trees with to their full width, so every line ends where its text ends."""
+        if self.out.is_terminal:
             self.out.print(human)
+            return
+        with self.out.capture() as captured:
+            self.out.print(human)
+        self.raw("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
     def raw(self, text: str) -> None:
         """Writes text that is already in its final format (CSV, Markdown, GraphML, DOT) to stdout as is."""
         sys.stdout.write(text)
+
+    def stream(self, text: str) -> None:
+        """Writes text to stdout at once (generated tokens as they come), not when the buffer fills."""
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
     @contextlib.contextmanager
     def progress(self) -> Iterator[ProgressCallback]:
@@ -122,12 +137,21 @@ def _console(file: Any) -> Console:
     return console
 
 
+# The root module's path is "" in data (JSON, CSV) and shown as this in tables people read.
+ROOT = "(root)"
+
+
 def render_table(out: Output, fmt: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Renders rows as a rich table, JSON, CSV or a Markdown table."""
+    """Renders rows as a rich table, JSON, CSV or a Markdown table; a ``module`` column's root (``""``)
+    reads ``(root)`` in text and Markdown."""
     if fmt == "json":
         out.result("", list(rows))
         return
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    if fmt != "csv" and "module" in columns:
+        at = list(columns).index("module")
+        for row in cells:
+            row[at] = row[at] or ROOT
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

@@ -6,16 +6,17 @@ from pathlib import Path
 
 import click
 
+from onnx_hierarchy.cli._arguments import EXISTING_FILE
 from onnx_hierarchy.cli._errors import EXIT_OK
 from onnx_hierarchy.cli._output import Output
 
 
 @click.command("report")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=EXISTING_FILE)
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The HTML file to write.")
-@click.option("--profile", type=click.Path(path_type=Path), help="`profile --format json` output: times.")
-@click.option("--verify", type=click.Path(path_type=Path), help="`verify --format json` output: errors.")
-@click.option("--compare", type=click.Path(path_type=Path), help="Another file of the model: nodes, fusions.")
+@click.option("--profile", type=EXISTING_FILE, metavar="PROFILE.json", help="`profile --format json` output: times.")
+@click.option("--verify", type=EXISTING_FILE, metavar="VERIFY.json", help="`verify --format json` output: errors.")
+@click.option("--compare", type=EXISTING_FILE, metavar="MODEL.onnx", help="Another file of the model: nodes, fusions.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def report_command(
     model: Path, output: Path, profile: Path | None, verify: Path | None, compare: Path | None, fmt: str

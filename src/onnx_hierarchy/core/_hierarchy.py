@@ -193,6 +193,24 @@ class Hierarchy:
         for child in self.children(path):
             yield from self.walk(child)
 
+    def subtrees(self, pattern: str | None = None, cls: str | None = None, depth: int | None = None) -> list[str]:
+        """The modules ``pattern`` and ``cls`` select as :meth:`find` (nothing given: the root), each with its
+        descendants down to ``depth`` levels below it (``None``: to the leaves), in tree order, each once:
+        the rows of the readers that show a module with what is inside it (``tree``, ``profile``).
+
+        Raises:
+            UnknownModuleError: Nothing matches ``pattern`` or ``cls``.
+        """
+        roots = self.find(pattern, cls) if pattern is not None or cls is not None else [""]
+        lineages = self.lineages
+        paths = (
+            path
+            for root in roots
+            for path in self.walk(root)
+            if depth is None or len(lineages[path]) - len(lineages[root]) <= depth
+        )
+        return list(dict.fromkeys(paths))
+
     def select(
         self, pattern: str | None = None, cls: str | None = None, depth: int | None = None, root: str = ""
     ) -> list[str]:

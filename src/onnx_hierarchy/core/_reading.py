@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 
 from onnx_hierarchy.core import _quiet, _wire
 from onnx_hierarchy.core._proto import onnx_pb
-from onnx_hierarchy.errors import ModelFileError
+from onnx_hierarchy.errors import ModelFileError, summarize
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -71,7 +71,10 @@ def read_ir(path: str | os.PathLike[str], proto: onnx_pb.ModelProto | None = Non
 
     # A structure-only export has no weights: onnx_ir would warn once per node reading one.
     with _quiet.quiet(("onnx_ir",)):
-        model = ir.serde.deserialize_model(proto if proto is not None else read_proto(path))
+        try:
+            model = ir.serde.deserialize_model(proto if proto is not None else read_proto(path))
+        except (ir.serde.SerdeError, ValueError) as error:  # protobuf that parses but is no valid graph
+            raise ModelFileError(f"{path}: not a valid ONNX model ({summarize(error)})") from error
     ir.external_data.set_base_dir(model.graph, Path(path).parent)
     return model
 

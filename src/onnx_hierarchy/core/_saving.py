@@ -65,19 +65,40 @@ def check_writable_folder(output: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_folder(output: Path) -> Iterator[Path]:
-    """A staging folder inside ``output`` whose files move into ``output`` only when the block succeeds.
+def staged(output: Path, *, folder: bool = False) -> Iterator[Path]:
+    """Where to write ``output`` so that it appears only when the whole block succeeds.
 
-    A multi-file export (encoder and decoders) is complete or absent: a failure in its last file leaves
-    none of the others behind.
+    Yields a path of the same name in a temporary folder beside ``output`` (with ``folder``, an empty
+    folder there). When the block returns, every file written there moves into place, models last, so a
+    reader never finds a model without its weights: a file's companions (``OUTPUT.data``, a sidecar) go
+    beside it, a folder's files into ``output`` (the whole folder when ``output`` does not exist yet). The
+    external data of an earlier model of the same name is removed when the new one has none. When the
+    block raises (a tool, a check, an interruption), nothing moves and the temporary folder is removed: a
+    failed command leaves no half-written or unchecked output behind.
     """
-    with _staging_folder(output / "model.onnx") as staging:
-        yield staging
-        for path in sorted(staging.rglob("*")):
-            if path.is_file():
-                destination = output / path.relative_to(staging)
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, destination)
+    output = Path(os.path.abspath(output))  # "." and ".." name the folder they stand for
+    with _staging_folder(output) as staging:
+        target = staging / output.name
+        if folder:
+            target.mkdir()
+        yield target
+        if folder and not output.exists():
+            os.replace(target, output)
+        else:
+            _move_files(target if folder else staging, output if folder else output.parent)
+
+
+def _move_files(staging: Path, destination: Path) -> None:
+    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: (p.suffix == ".onnx", p))
+    moved = {destination / path.relative_to(staging) for path in files}
+    for path in files:
+        placed = destination / path.relative_to(staging)
+        placed.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, placed)
+    for model in (p for p in moved if p.suffix == ".onnx"):
+        stale = external_data_path(model)
+        if stale not in moved:
+            stale.unlink(missing_ok=True)
 
 
 def sidecar_path(output: Path) -> Path:
@@ -269,9 +290,10 @@ def _tensor_header(value: ir.Value) -> tuple[bytes, int]:
 @contextlib.contextmanager
 def _staging_folder(output: Path) -> Iterator[Path]:
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     except OSError as error:
-        raise OutputError(f"{output}: cannot write to {output.parent} ({error.strerror})") from error
+        raise OutputError(f"{output}: cannot write to {output.parent} ({error.strerror or error})") from error
     try:
         yield staging
     except OSError as error:

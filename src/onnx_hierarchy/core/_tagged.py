@@ -68,6 +68,13 @@ class TaggedModel:
         return self.record is not None and self.record.structure_only
 
     @functools.cached_property
+    def arithmetic(self) -> tuple[str, tuple[str, ...]]:
+        """What decides how its numbers compare with another run's (``runtime._tolerance``): the dtype it
+        was exported in and the steps that derived it (``fp16``, ``quantize-int4``, ...)."""
+        steps = schema.read_derivation({p.key: p.value for p in self.proto.metadata_props})
+        return (self.record.dtype if self.record is not None else "float32", tuple(s.step for s in steps))
+
+    @functools.cached_property
     def ir(self) -> ir.Model:
         """The onnx-ir graph, its weights loaded from disk only when used."""
         return _reading.read_ir(self.path, self.proto)

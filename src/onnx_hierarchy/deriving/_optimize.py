@@ -23,11 +23,13 @@ from onnx_hierarchy.core._progress import ProgressCallback, StageClock
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.deriving import _tools
 from onnx_hierarchy.deriving._retag import retag
-from onnx_hierarchy.errors import InputSpecError, ModelFileError, OptimizationError, summarize
-from onnx_hierarchy.runtime import _compare, _feeds, _session
-from onnx_hierarchy.runtime._tolerance import FP16_ATOL, OPTIMIZE_ATOL
+from onnx_hierarchy.errors import InputSpecError, ModelFileError, OptimizationError
+from onnx_hierarchy.runtime import _check as _check_run
+from onnx_hierarchy.runtime import _feeds, _session, _tolerance
+from onnx_hierarchy.runtime._compare import Comparison
+from onnx_hierarchy.runtime._session import DEFAULT_POLICY
 
-__all__ = ["OptimizeCheck", "OptimizeResult", "OptimizeStep", "optimize"]
+__all__ = ["OptimizeResult", "OptimizeStep", "optimize"]
 
 
 @dataclass(frozen=True)
@@ -51,30 +53,6 @@ class OptimizeStep:
 
 
 @dataclass(frozen=True)
-class OptimizeCheck:
-    """The optimized model against its input, in ONNX Runtime, on the same inputs.
-
-    Attributes:
-        max_abs_diff: Largest difference per graph output.
-        atol: The tolerance; ``None`` after quantization, whose error depends on the data (reported, not judged).
-    """
-
-    max_abs_diff: dict[str, float]
-    atol: float | None
-
-    @property
-    def worst(self) -> float:
-        return max(self.max_abs_diff.values(), default=0.0)
-
-    @property
-    def passed(self) -> bool | None:
-        return None if self.atol is None else self.worst <= self.atol
-
-    def to_json(self) -> dict[str, Any]:
-        return {"max_abs_diff": self.max_abs_diff, "worst": self.worst, "atol": self.atol, "passed": self.passed}
-
-
-@dataclass(frozen=True)
 class OptimizeResult:
     """An optimized, tagged model.
 
@@ -89,12 +67,12 @@ class OptimizeResult:
     model: Path
     output: Path
     steps: tuple[OptimizeStep, ...]
-    check: OptimizeCheck | None
+    check: Comparison | None
     seconds: float
 
     @property
     def passed(self) -> bool:
-        return self.check is None or self.check.passed is not False
+        return self.check is None or self.check.passed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -152,7 +130,15 @@ def optimize(
     source = TaggedModel.read(model, "first, then optimize it")
     if source.structure_only:
         raise ModelFileError(f"{source.path}: exported without weights (structure only); nothing to optimize")
-    feeds = _feeds.model_feeds(source.proto, source.record, inputs)
+    dtype, done = source.arithmetic
+    if fp16 and ("fp16" in done or dtype == "float16"):
+        raise InputSpecError(f"{source.path}: already computes in float16; nothing for --fp16 to convert")
+    # Inputs are needed to calibrate and to check; without either, a piece cut far from its model optimizes too.
+    feeds = (
+        _feeds.model_feeds(source.proto, source.record, inputs, location=source.path.parent)
+        if check or quantize
+        else {}
+    )
     tools = []
     if fusions:
         tools.append(_tools.fusions(fusions, model_type, source.record.model_type if source.record else None))
@@ -164,44 +150,45 @@ def optimize(
         tools.append(_tools.quantization(quantize, feeds))
 
     steps = []
-    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as scratch:
+    outcome = None
+    # OUTPUT appears only once checked: a tool, retag or check that raises leaves none (a check that finds
+    # a difference still writes it, as export does, for the user to inspect; the exit code says so).
+    with (
+        _saving.staged(output) as staged,
+        tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as scratch,
+    ):
         current = source.path
         for number, tool in enumerate(tools, 1):
             with clock(tool.name):
                 step_start = time.perf_counter()
                 derived = Path(scratch) / f"{number}-{tool.name}.onnx"
                 tool(current, derived)
-                tagged = output if number == len(tools) else Path(scratch) / f"{number}-{tool.name}.tagged.onnx"
+                tagged = staged if number == len(tools) else Path(scratch) / f"{number}-{tool.name}.tagged.onnx"
                 result = retag(current, derived, tagged, step=tool.name)
                 before, after = result.steps[-1].nodes
                 steps.append(OptimizeStep(tool.name, (before, after), result.tags, time.perf_counter() - step_start))
                 current = tagged
-    outcome = None
-    if check:
-        with clock("check"):
-            atol = None if quantize else FP16_ATOL if fp16 else OPTIMIZE_ATOL
-            outcome = OptimizeCheck(_differences(source.path, output, feeds), atol)
+        if check:
+            with clock("check"):
+                outcome = _check(source, staged, feeds)
     return OptimizeResult(source.path, output, tuple(steps), outcome, time.perf_counter() - start)
 
 
-def _differences(expected: Path, actual: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Largest difference per graph output of ``actual`` against ``expected``, both run on ``feeds``."""
-    results = []
-    for path in (expected, actual):
-        try:
-            runner = _session.session(path)
-        except _session.RuntimeFailure as error:
-            raise OptimizationError(f"{path}: {error}") from error
-        names = [o.name for o in runner.get_outputs()]
-        accepted = {i.name for i in runner.get_inputs()}
-        try:
-            values = runner.run(names, {k: v for k, v in feeds.items() if k in accepted})
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise OptimizationError(f"{path}: ONNX Runtime cannot run it: {summarize(error)}") from error
-        results.append(dict(zip(names, values, strict=True)))
-    reference, optimized = results
-    return {
-        name: _compare.max_abs_diff(np.asarray(reference[name]), np.asarray(value))
-        for name, value in optimized.items()
-        if name in reference
-    }
+def _check(source: TaggedModel, optimized: Path, feeds: Mapping[str, np.ndarray]) -> Comparison:
+    """The optimized model against its input on ``feeds``, judged by what the steps changed.
+
+    Raises:
+        OptimizationError: Either model does not load or run in ONNX Runtime.
+    """
+    derived = TaggedModel.read(optimized, "")
+    tolerance = _tolerance.between(source.arithmetic, derived.arithmetic)
+    notes: list[str] = []
+    try:
+        expected = _session.run(source.proto, source.path.parent, feeds, (), DEFAULT_POLICY, notes)
+    except _session.RuntimeFailure as error:
+        raise OptimizationError(f"{source.path}: {error}") from error
+    names = [o.name for o in derived.proto.graph.output if o.name in expected]
+    outcome = _check_run.check(optimized, feeds, expected, tolerance, names=names, notes=notes)
+    if outcome.error is not None:
+        raise OptimizationError(f"the optimized model: {outcome.error}")
+    return outcome

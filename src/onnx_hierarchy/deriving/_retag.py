@@ -2,7 +2,7 @@
 
 Optimizers, quantizers and converters drop node metadata (ONNX Runtime's saved optimized graph keeps none)
 or keep the wrong one (onnxscript's rewriter gives a fused node its first matched node's). The tags are
-written again from the matching in :mod:`onnx_hierarchy.tagging._derivation`: a node that is still its
+written again from the matching in :mod:`onnx_hierarchy.tagging._matching`: a node that is still its
 source node keeps that node's metadata as it was; every other node is tagged by how it was placed
 (``fused``, ``derived``, ``inferred``), with a namespace Model Explorer can read.
 """
@@ -26,7 +26,7 @@ from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.core._traversal import proto_nodes
 from onnx_hierarchy.errors import DerivationError, ModelFileError
 from onnx_hierarchy.schema import DerivationStep, TagSource
-from onnx_hierarchy.tagging._derivation import Derivation, Evidence, derive
+from onnx_hierarchy.tagging._matching import Derivation, Evidence, derive
 from onnx_hierarchy.tagging._tags import TagWriter, ensure_tagged
 
 __all__ = ["RetagResult", "retag"]

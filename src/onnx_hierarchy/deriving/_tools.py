@@ -137,14 +137,29 @@ def session_level(level: str) -> Tool:
     return Tool(f"ort-level-{level}", run)
 
 
+# Ops of an already quantized model whose float side ONNX Runtime computes in float32 only: the fp16
+# converter leaves them (and Casts to them) alone, so `optimize --fp16` runs on every file the project writes.
+_FLOAT32_ONLY = (
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "MatMulNBits",
+    "GatherBlockQuantized",
+)
+
+
 def fp16() -> Tool:
     """Weights and computation in float16, inputs and outputs kept in their types (Casts at the edges)."""
 
     def run(source: Path, output: Path) -> None:
         import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-        model = convert_float_to_float16(onnx.load(source), keep_io_types=True)
+        blocked = [*DEFAULT_OP_BLOCK_LIST, *_FLOAT32_ONLY]
+        model = convert_float_to_float16(onnx.load(source), keep_io_types=True, op_block_list=blocked)
         onnx.save(model, output, save_as_external_data=_large(source), location=output.name + ".data")
 
     return Tool("fp16", run, exact=False)

@@ -19,11 +19,12 @@ from onnx_hierarchy.core._progress import ProgressCallback, StageClock, StageTim
 from onnx_hierarchy.core._traversal import ir_nodes
 from onnx_hierarchy.errors import InputSpecError, TraceError
 from onnx_hierarchy.exporting import _conversion
-from onnx_hierarchy.exporting._check import CheckResult, compare_with_torch
-from onnx_hierarchy.hf import _generation, _inputs, _module_tree, _source
+from onnx_hierarchy.exporting._check import compare_with_torch
+from onnx_hierarchy.hf import _flat_cache, _inputs, _module_tree, _source
 from onnx_hierarchy.hf._shapes import InputShapes, check_sizes
+from onnx_hierarchy.runtime import _tolerance
+from onnx_hierarchy.runtime._compare import Comparison
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
-from onnx_hierarchy.runtime._tolerance import CHECK_TOLERANCE
 from onnx_hierarchy.schema import ExportRecord, InputRecord, ModuleRecord, TagSource
 from onnx_hierarchy.tagging import _torch as _tagging
 
@@ -52,7 +53,7 @@ class PartResult:
     nodes: int
     traced: int
     module_nodes: dict[str, int]
-    check: CheckResult | None = None
+    check: Comparison | None = None
 
     @property
     def inferred(self) -> int:
@@ -123,18 +124,16 @@ class ExportResult:
         return dict(counts)
 
     @property
-    def check(self) -> CheckResult | None:
+    def check(self) -> Comparison | None:
         """Every part's check as one: its outputs named ``part/output`` when there are several parts."""
-        checks = [(p.name, p.check) for p in self.parts if p.check is not None]
+        checks = [p.check.renamed(p.name) if p.name else p.check for p in self.parts if p.check is not None]
         if not checks:
             return None
-        if len(self.parts) == 1:
-            return checks[0][1]
-        outputs = tuple(
-            dataclasses.replace(o, name=f"{name}/{o.name}") for name, check in checks for o in check.outputs
-        )
-        error = next((f"{name}: {check.error}" for name, check in checks if check.error), None)
-        return CheckResult(outputs, checks[0][1].atol, checks[0][1].rtol, error, checks[0][1].note)
+        if len(checks) == 1:
+            return checks[0]
+        values = tuple(v for check in checks for v in check.values)
+        error = next((check.error for check in checks if check.error), None)
+        return Comparison(values, checks[0].tolerance, error, checks[0].note, all(c.bitwise for c in checks))
 
     @property
     def stage_seconds(self) -> dict[str, float]:
@@ -230,11 +229,11 @@ def export(
 
     with clock("load"):
         source = _source.resolve_source(os.fspath(model), trust_remote_code=trust_remote_code)
-        base_task, with_past = _generation.split_task(task)
+        base_task, with_past = _flat_cache.split_task(task)
         task_name, model_class = _source.resolve_model_class(source.config, base_task)
         if input_spec is None:  # a structure-only export allocates nothing: only the positions matter
             check_sizes(source.config, shapes, available=0 if structure_only else None)
-        folder = _generation.writes_folder(task_name)  # seq2seq generation: encoder and decoders
+        folder = _flat_cache.writes_folder(task_name)  # seq2seq generation: encoder and decoders
         generation = with_past or folder
         replaced = False
         if folder:
@@ -251,12 +250,12 @@ def export(
                 raise InputSpecError(
                     "--input-spec describes the inputs of plain exports; generation exports make their own"
                 )
-            parts = _generation.generation_parts(torch_model, task_name, with_past, shapes)
+            parts = _flat_cache.generation_parts(torch_model, task_name, with_past, shapes)
         else:
             inputs = _inputs.generate_inputs(torch_model, shapes)
             if input_spec is not None:
                 inputs = _inputs.apply_input_spec(inputs, Path(input_spec), torch_model)
-            parts = [_generation.GraphPart(None, None, inputs, {})]
+            parts = [_flat_cache.GraphPart(None, None, inputs, {})]
         parts = [dataclasses.replace(p, inputs=p.inputs.floats_in(torch_dtype)) for p in parts]
         if structure_only:
             parts = [dataclasses.replace(p, inputs=_on_meta(p.inputs)) for p in parts]
@@ -276,7 +275,7 @@ def export(
     precision = _source.dtype_name(torch_dtype)
     settings = _Settings(
         source=source,
-        task=task_name + (_generation.WITH_PAST_SUFFIX if with_past else ""),
+        task=task_name + (_flat_cache.WITH_PAST_SUFFIX if with_past else ""),
         model_class=model_class,
         weights=weights,
         seed=seed,
@@ -288,8 +287,7 @@ def export(
         keep_stack_traces=keep_stack_traces,
         sidecar=sidecar,
         check=check,
-        atol=CHECK_TOLERANCE[precision][0] if atol is None else atol,
-        rtol=CHECK_TOLERANCE[precision][1] if rtol is None else rtol,
+        tolerance=_tolerance.overridden(_tolerance.against_torch(precision), atol, rtol),
         policy=policy,
         use_cache=with_past,
     )
@@ -297,14 +295,14 @@ def export(
         result, files = _export_part(torch_model, parts[0], output, settings, clock, notes)
         return ExportResult(output, tuple(files), (result,), tuple(clock.timings), tuple(notes))
     results, written = [], []
-    with _saving.staged_folder(output) as staging:
+    with _saving.staged(output, folder=True) as staging:
         for part in parts:
             assert part.name is not None
             result, files = _export_part(torch_model, part, staging / f"{part.name}.onnx", settings, clock, notes)
             results.append(result)
             written.extend(files)
     moved = [output / f.relative_to(staging) for f in written]
-    for name in set(_generation.SEQ2SEQ_PARTS) - {str(p.name) for p in parts}:  # parts of an earlier export
+    for name in set(_flat_cache.SEQ2SEQ_PARTS) - {str(p.name) for p in parts}:  # parts of an earlier export
         stale = output / f"{name}.onnx"
         for path in (stale, _saving.external_data_path(stale), _saving.sidecar_path(stale)):
             path.unlink(missing_ok=True)
@@ -329,15 +327,14 @@ class _Settings:
     keep_stack_traces: bool
     sidecar: bool
     check: bool
-    atol: float
-    rtol: float
+    tolerance: _tolerance.Tolerance
     policy: SessionPolicy
     use_cache: bool
 
 
 def _export_part(
     torch_model: torch.nn.Module,
-    part: _generation.GraphPart,
+    part: _flat_cache.GraphPart,
     output: Path,
     settings: _Settings,
     clock: StageClock,
@@ -345,7 +342,7 @@ def _export_part(
 ) -> tuple[PartResult, list[Path]]:
     """Traces, converts, tags, saves and checks one graph."""
     inputs = part.inputs
-    with _generation.installed(torch_model, part) as model:
+    with _flat_cache.installed(torch_model, part) as model:
         with clock("trace"):
             traced = _conversion.trace(model, inputs, dynamic=settings.dynamic)
         if traced.fallback_reason and part.name is not None:
@@ -386,7 +383,7 @@ def _export_part(
             with clock("check"):
                 feeds = {part.onnx_name(name): tensor for name, tensor in inputs.tensors.items()}
                 check_result = compare_with_torch(
-                    output, model, inputs.tensors, feeds, record.outputs, settings.atol, settings.rtol, settings.policy
+                    output, model, inputs.tensors, feeds, record.outputs, settings.tolerance, settings.policy
                 )
     nodes = sum(module_nodes.values())
     result = PartResult(part.name, output, record, tuple(modules), nodes, traced_count, module_nodes, check_result)
@@ -398,7 +395,7 @@ def _on_meta(inputs: _inputs.ModelInputs) -> _inputs.ModelInputs:
 
 
 def _export_record(
-    settings: _Settings, part: _generation.GraphPart, model: ir.Model, traced: _conversion.TracedModel
+    settings: _Settings, part: _flat_cache.GraphPart, model: ir.Model, traced: _conversion.TracedModel
 ) -> ExportRecord:
     graph_inputs = {v.name: v for v in model.graph.inputs}
     records = []

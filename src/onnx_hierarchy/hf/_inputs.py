@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any
 
 import torch
 
-from onnx_hierarchy.errors import InputSpecError
-from onnx_hierarchy.hf._shapes import InputShapes
+from onnx_hierarchy.errors import InputSpecError, summarize
+from onnx_hierarchy.hf._shapes import InputShapes, _available_memory
 
 _DTYPES = {
     "int64": torch.int64,
@@ -103,11 +104,11 @@ def apply_input_spec(inputs: ModelInputs, path: Path, model: torch.nn.Module) ->
     "range": [low, high]}`` or to ``null`` to drop a generated input. Unlisted inputs stay as generated.
     """
     try:
-        spec = json.loads(path.read_text())
+        spec = json.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise InputSpecError(f"cannot read input spec {path}: {error.strerror}") from error
-    except json.JSONDecodeError as error:
-        raise InputSpecError(f"input spec {path} is not valid JSON: {error}") from error
+    except (ValueError, RecursionError) as error:  # not JSON, not UTF-8 text, or nested past Python's stack
+        raise InputSpecError(f"input spec {path} is not valid JSON: {summarize(error)}") from error
     entries = spec.get("inputs", spec) if isinstance(spec, dict) else None
     if not isinstance(entries, dict):
         raise InputSpecError(f"input spec {path} must be a JSON object mapping input names to specs")
@@ -133,25 +134,42 @@ def _tensor_from_spec(name: str, entry: Any, generator: torch.Generator) -> tupl
     if not isinstance(entry, Mapping) or "shape" not in entry:
         raise InputSpecError(f'input spec for {name!r} needs a "shape" list')
     shape = entry["shape"]
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
+    if not isinstance(shape, list) or not all(type(d) is int and d > 0 for d in shape):
         raise InputSpecError(f"input spec for {name!r}: shape must be a list of positive integers, got {shape!r}")
+    available = _available_memory()
+    if available and 8 * math.prod(shape) > available:
+        raise InputSpecError(
+            f"input spec for {name!r}: shape {shape} needs {8 * math.prod(shape) / 1e9:.1f} GB, more than the "
+            f"{available / 1e9:.1f} GB available"
+        )
     dtype_name = entry.get("dtype", "int64" if name.endswith(("ids", "mask")) else "float32")
-    if dtype_name not in _DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
         raise InputSpecError(f"input spec for {name!r}: dtype {dtype_name!r} is not one of {', '.join(_DTYPES)}")
     dtype = _DTYPES[dtype_name]
-    low, high = entry.get("range", [0, 2] if name.endswith("mask") else [0, 100])
-    if dtype.is_floating_point:
-        tensor = torch.randn(*shape, generator=generator).to(dtype)
-    elif dtype == torch.bool:
-        tensor = torch.ones(*shape, dtype=torch.bool)
-    elif name.endswith("mask"):
-        tensor = torch.ones(*shape, dtype=dtype)
-    else:
-        tensor = torch.randint(int(low), int(high), tuple(shape), generator=generator, dtype=dtype)
+    bounds = entry.get("range", [0, 2] if name.endswith("mask") else [0, 100])
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(type(b) is int for b in bounds)):
+        raise InputSpecError(f'input spec for {name!r}: "range" must be [low, high], two integers, got {bounds!r}')
+    low, high = bounds
+    dynamic_axes = entry.get("dynamic_axes", {})
     try:
-        dynamic = {int(axis): str(label) for axis, label in entry.get("dynamic_axes", {}).items()}
+        dynamic = {int(axis): str(label) for axis, label in dynamic_axes.items()}
     except (AttributeError, ValueError) as error:
         raise InputSpecError(f"input spec for {name!r}: dynamic_axes must map axis numbers to names") from error
+    if any(not 0 <= axis < len(shape) for axis in dynamic):
+        raise InputSpecError(
+            f"input spec for {name!r}: dynamic_axes {dynamic_axes!r} name axes a {len(shape)}-D shape lacks"
+        )
+    try:
+        if dtype.is_floating_point:
+            tensor = torch.randn(tuple(shape), generator=generator).to(dtype)
+        elif dtype == torch.bool:
+            tensor = torch.ones(tuple(shape), dtype=torch.bool)
+        elif name.endswith("mask"):
+            tensor = torch.ones(tuple(shape), dtype=dtype)
+        else:
+            tensor = torch.randint(low, high, tuple(shape), generator=generator, dtype=dtype)
+    except RuntimeError as error:  # a range the dtype cannot hold, low >= high, memory
+        raise InputSpecError(f"input spec for {name!r}: {str(error).splitlines()[0]}") from error
     return tensor, dynamic
 
 

@@ -15,10 +15,10 @@ import torch
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.errors import ModelSourceError
 from onnx_hierarchy.hf import _source
-from onnx_hierarchy.hf._generation import GraphPart, generation_parts, split_task
+from onnx_hierarchy.hf._flat_cache import GraphPart, generation_parts, split_task
 from onnx_hierarchy.hf._shapes import InputShapes
 
-__all__ = ["Rebuilt", "rebuild"]
+__all__ = ["Rebuilt", "rebuild", "source_of"]
 
 
 @dataclass(frozen=True)
@@ -49,16 +49,15 @@ def _recorded(target: TaggedModel) -> str:
     return spec
 
 
-def rebuild(target: TaggedModel, source: str | None) -> Rebuilt:
-    """The PyTorch model ``target`` was exported from: its recorded source (or ``source``), its class, the
-    recorded seed for weights the source lacks, and the forward of the part the file holds.
+def source_of(target: TaggedModel, source: str | None) -> _source.ModelSource:
+    """The source ``target`` was exported from (its recorded one, or ``source``), resolved and its config
+    loaded, without building the model: what decoding with ONNX Runtime alone needs (tokenizer, config).
 
     Raises:
         ModelSourceError: No source recorded and none given, the recorded source moved, or the source is
-            another architecture or another size of it.
+            another architecture.
     """
     record = target.record
-    warnings: list[str] = []
     if source is None and record is None:
         raise ModelSourceError(
             f"{target.path}: records no source model; pass the checkpoint or Hub id it was exported from "
@@ -80,6 +79,21 @@ def rebuild(target: TaggedModel, source: str | None) -> Rebuilt:
             f"{spec} is a {model_type} model, but {target.path.name} was exported from a {record.model_type} "
             f"model ({record.source}); pass the source it was exported from with --model"
         )
+    return resolved
+
+
+def rebuild(target: TaggedModel, source: str | None) -> Rebuilt:
+    """The PyTorch model ``target`` was exported from: its recorded source (or ``source``), its class, the
+    recorded seed for weights the source lacks, and the forward of the part the file holds.
+
+    Raises:
+        ModelSourceError: No source recorded and none given, the recorded source moved, or the source is
+            another architecture or another size of it.
+    """
+    record = target.record
+    warnings: list[str] = []
+    resolved = source_of(target, source)
+    spec = resolved.spec
     task, with_past = split_task(record.task if record is not None else None)
     # Resolved as the export resolved it: by the task it was given (a model type may reuse another's class,
     # as ExaoneConfig does LlamaForCausalLM, which a lookup by class name would refuse).

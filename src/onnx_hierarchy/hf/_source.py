@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import transformers
 
 from onnx_hierarchy.errors import ModelSourceError, TaskError, summarize
 from onnx_hierarchy.hf._random_weights import quick_draws
+from onnx_hierarchy.hf._spec import refuse_missing
 
 # optimum-cli's task names, each with the Auto classes that build its head, tried in order.
 TASKS: dict[str, tuple[str, ...]] = {
@@ -47,7 +47,6 @@ _WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -109,13 +108,8 @@ def resolve_source(spec: str, *, trust_remote_code: bool = False) -> ModelSource
         )
     if path.is_file():
         return ModelSource(spec, "config", str(path), _load_local_config(path, trust_remote_code))
-    if _looks_like_path(spec):
-        raise ModelSourceError(f"{spec}: no such file or folder")
+    refuse_missing(spec)
     return ModelSource(spec, "hub", spec, _load_hub_config(spec))
-
-
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.endswith(".json") or not _HUB_ID.match(spec)
 
 
 def remote_code(config: transformers.PretrainedConfig) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from onnx_hierarchy.core._hierarchy import Hierarchy, load
+from onnx_hierarchy.errors import UnknownModuleError
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class ModuleStats:
 
     def to_json(self) -> dict[str, Any]:
         data = {
-            "path": self.path,
+            "module": self.path,
             "class": self.cls,
             "depth": self.depth,
             "calls": self.calls,
@@ -91,34 +92,26 @@ def module_stats(hierarchy: Hierarchy, paths: Iterable[str] | None = None, *, ed
 
 @dataclass(frozen=True)
 class Summary:
-    """``summary``: one row per selected module (modules that do not contain one another), and their sums.
+    """``summary``: one row per selected module, and the totals of the part of the model they cover.
 
     Attributes:
         model: The file read.
         source: Where its modules came from (see :data:`onnx_hierarchy.core._hierarchy.SOURCES`).
         rows: Statistics of each module, edges and boundaries included.
+        total: Sums over the outermost rows: a glob can select a module and its children, whose nodes,
+            edges and parameters are already the parent's, so each node counts once.
     """
 
     model: str
     source: str
     rows: tuple[ModuleStats, ...]
-
-    @property
-    def total(self) -> dict[str, int]:
-        """Sums of the rows."""
-        return {
-            "nodes": sum(s.nodes for s in self.rows),
-            "internal_edges": sum(s.internal_edges or 0 for s in self.rows),
-            "boundary_inputs": sum(s.boundary_inputs or 0 for s in self.rows),
-            "boundary_outputs": sum(s.boundary_outputs or 0 for s in self.rows),
-            "parameters": sum(s.parameters for s in self.rows),
-        }
+    total: dict[str, int]
 
     def table(self) -> list[dict[str, Any]]:
         """Rows as the command prints them, the total last; ``ops`` holds each module's node count."""
         rows = [
             {
-                "module": "(root: own nodes)" if s.own_only else s.path or "(root)",
+                "module": "(root: own nodes)" if s.own_only else s.path,
                 "class": s.cls,
                 "ops": s.nodes,
                 "internal_edges": s.internal_edges,
@@ -128,7 +121,7 @@ class Summary:
             }
             for s in self.rows
         ]
-        total = self.total
+        total = dict(self.total)
         rows.append({"module": "total", "class": "", "ops": total.pop("nodes"), **total})
         return rows
 
@@ -141,22 +134,38 @@ def summary(
     *,
     pattern: str | None = None,
     cls: str | None = None,
-    depth: int = 1,
+    depth: int | None = None,
 ) -> Summary:
-    """Statistics of the modules ``depth`` levels down (with shallower leaves), or of those ``pattern``
-    and ``cls`` select.
+    """Statistics of the modules ``depth`` levels down (default 1, with shallower leaves), or of those
+    ``pattern`` and ``cls`` select (with ``depth``: those of them at that depth, as :meth:`Hierarchy.select`).
 
     Raises:
         ModelFileError: The file is missing, not ONNX, or truncated.
-        UnknownModuleError: Nothing matches ``pattern`` or ``cls``.
+        UnknownModuleError: Nothing matches ``pattern`` or ``cls`` (at ``depth``, when given).
     """
     hierarchy = model if isinstance(model, Hierarchy) else load(model)
     selected = pattern is not None or cls is not None
-    paths = hierarchy.find(pattern, cls) if selected else hierarchy.covering(depth)
+    paths = hierarchy.select(pattern, cls, depth) if selected else hierarchy.covering(1 if depth is None else depth)
+    if not paths:
+        raise UnknownModuleError(f"{hierarchy.path}: no module matching {pattern or cls!r} is at depth {depth}")
     rows = module_stats(hierarchy, paths, edges=True)
     if not selected and "" not in paths:
         rows.append(_root_own_row(hierarchy))  # so that the rows cover every node of the model
-    return Summary(str(hierarchy.path), hierarchy.source, tuple(rows))
+    return Summary(str(hierarchy.path), hierarchy.source, tuple(rows), _total(hierarchy, rows))
+
+
+def _total(hierarchy: Hierarchy, rows: Iterable[ModuleStats]) -> dict[str, int]:
+    """Sums over the rows no other row contains (the root's own-nodes row contains nothing else)."""
+    rows = list(rows)
+    paths = {s.path for s in rows if not s.own_only}
+    outer = [s for s in rows if s.own_only or not any(a in paths for a in hierarchy.lineages[s.path][1:])]
+    return {
+        "nodes": sum(s.nodes for s in outer),
+        "internal_edges": sum(s.internal_edges or 0 for s in outer),
+        "boundary_inputs": sum(s.boundary_inputs or 0 for s in outer),
+        "boundary_outputs": sum(s.boundary_outputs or 0 for s in outer),
+        "parameters": sum(s.parameters for s in outer),
+    }
 
 
 def _root_own_row(hierarchy: Hierarchy) -> ModuleStats:

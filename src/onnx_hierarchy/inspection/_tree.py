@@ -50,13 +50,8 @@ def tree(
     hierarchy = model if isinstance(model, Hierarchy) else load(model)
     roots = hierarchy.find(pattern, cls) if pattern is not None or cls is not None else [""]
     every = {s.path: s for s in module_stats(hierarchy)}
-    paths = [
-        path
-        for root in roots
-        for path in hierarchy.walk(root)
-        if depth is None or every[path].depth - every[root].depth <= depth
-    ]
-    return ModuleTree(hierarchy, tuple(roots), depth, tuple(every[p] for p in dict.fromkeys(paths)), every)
+    paths = hierarchy.subtrees(pattern, cls, depth)
+    return ModuleTree(hierarchy, tuple(roots), depth, tuple(every[p] for p in paths), every)
 
 
 @dataclass(frozen=True)

@@ -16,23 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx_ir as ir
 
 from onnx_hierarchy import schema
 from onnx_hierarchy.core import _reading, _saving
 from onnx_hierarchy.core._hierarchy import within
 from onnx_hierarchy.core._progress import ProgressCallback, StageClock
+from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.core._traversal import ir_nodes, subgraph_owners
-from onnx_hierarchy.errors import AssemblyError
+from onnx_hierarchy.errors import AssemblyError, summarize
 from onnx_hierarchy.pieces._extract import Cut, Cutter
-from onnx_hierarchy.runtime import _compare, _feeds, _session
+from onnx_hierarchy.runtime import _check as _check_run
+from onnx_hierarchy.runtime import _feeds, _session, _tolerance
+from onnx_hierarchy.runtime._compare import Comparison
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
-from onnx_hierarchy.runtime._tolerance import PIECE_ATOL
 from onnx_hierarchy.schema import DerivationStep, TagSource
 from onnx_hierarchy.tagging._tags import TagWriter
 
-__all__ = ["AssembleCheck", "AssembleResult", "Splice", "assemble"]
+__all__ = ["AssembleResult", "Splice", "Unchanged", "assemble"]
 
 _FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 
@@ -48,6 +49,8 @@ class Splice:
         removed: Nodes of the module taken out.
         added: Nodes of the piece put in (joining Casts included).
         casts: Boundary values joined by a Cast (the piece computes in another precision).
+        steps: The derivation steps the piece went through (``fp16``, ``quantize-int4``), recorded in the
+            assembled model so that checks judge it by what it now holds.
     """
 
     module: str
@@ -56,6 +59,7 @@ class Splice:
     removed: int
     added: int
     casts: tuple[str, ...] = ()
+    steps: tuple[DerivationStep, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,46 +73,35 @@ class Splice:
 
 
 @dataclass(frozen=True)
-class AssembleCheck:
-    """The assembled model against the whole one in ONNX Runtime, on the same inputs.
+class Unchanged:
+    """A piece of the folder left out: it is its module as the model holds it (the graph ``extract`` writes
+    for that module now: the same nodes, attributes, weights' data, value names and types), so putting it in
+    would change nothing, and leaving it out lets a changed piece it contains, or that contains it, go in."""
 
-    ``error`` says why it could not run, when it could not.
-    """
-
-    outputs: dict[str, float]
-    atol: float
-    bitwise: bool
-    error: str | None = None
-
-    @property
-    def max_abs_diff(self) -> float:
-        return float("inf") if self.error else max(self.outputs.values(), default=0.0)
-
-    @property
-    def passed(self) -> bool:
-        return self.error is None and self.max_abs_diff <= self.atol
+    module: str
+    call: int | None
+    piece: Path
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "bitwise": self.bitwise,
-            "max_abs_diff": self.max_abs_diff,
-            "atol": self.atol,
-            "outputs": dict(self.outputs),
-            "error": self.error,
-        }
+        return {"module": self.module, "call": self.call, "piece": str(self.piece)}
 
 
 @dataclass(frozen=True)
 class AssembleResult:
-    """What ``assemble`` wrote."""
+    """What ``assemble`` wrote.
+
+    Attributes:
+        splices: The pieces put in.
+        unchanged: The pieces of the folder (``pieces_dir``) left out because they equal their module.
+    """
 
     model: Path
     output: Path
     files: tuple[Path, ...]
     splices: tuple[Splice, ...]
-    check: AssembleCheck | None = None
+    check: Comparison | None = None
     warnings: tuple[str, ...] = ()
+    unchanged: tuple[Unchanged, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -120,6 +113,7 @@ class AssembleResult:
             "output": str(self.output),
             "files": [str(f) for f in self.files],
             "splices": [s.to_json() for s in self.splices],
+            "unchanged": [u.to_json() for u in self.unchanged],
             "check": None if self.check is None else self.check.to_json(),
             "warnings": list(self.warnings),
             "passed": self.passed,
@@ -133,7 +127,7 @@ def assemble(
     replace: Mapping[str, str | os.PathLike[str]] | None = None,
     pieces_dir: str | os.PathLike[str] | None = None,
     check: bool = False,
-    atol: float = PIECE_ATOL,
+    atol: float | None = None,
     inputs: str | os.PathLike[str] | None = None,
     policy: SessionPolicy = DEFAULT_POLICY,
     progress: ProgressCallback | None = None,
@@ -144,10 +138,13 @@ def assemble(
         model: The whole tagged model the pieces were cut from.
         output: The assembled ONNX file.
         replace: Module path -> piece file.
-        pieces_dir: A folder of pieces (as ``extract --all`` writes them): each replaces the module its
-            ``hierarchy.piece`` record names.
+        pieces_dir: A folder of pieces (as ``extract --all`` writes them): each piece that differs from its
+            module as the model holds it replaces the module its ``hierarchy.piece`` record names; the others
+            are left out (``AssembleResult.unchanged``), so the folder ``extract --all`` wrote, with any one
+            piece changed, puts exactly that change in.
         check: Run the whole and the assembled model in ONNX Runtime on the same inputs and compare.
-        atol: Largest absolute difference the check accepts.
+        atol: Largest absolute difference the check accepts (default: by what the pieces changed,
+            ``runtime._tolerance.between``).
         inputs: ``.npz`` file with the model's inputs for the check; generated when omitted.
         policy: How ONNX Runtime sessions of the check are made.
         progress: Told when each stage (read, splice, save, check) starts and finishes.
@@ -156,13 +153,13 @@ def assemble(
         ModelFileError: The model or a piece is unreadable, or the model has no tags.
         UnknownModuleError: A module the replacements name is not in the model.
         AssemblyError: A piece does not fit its module (the message names the value), two replacements
-            overlap, or nothing is to be replaced.
+            (of the folder: two changed pieces) overlap, or nothing is to be replaced.
     """
     output = Path(output)
     clock = StageClock(progress)
     with clock("read"):
         cutter = Cutter(Path(model))
-        wanted = _replacements(cutter, replace or {}, pieces_dir)
+        wanted, unchanged = _replacements(cutter, replace or {}, pieces_dir)
         cutter.check_output(output)
     whole = cutter.source.ir
     writer = TagWriter(list(cutter.hierarchy.modules.values()))
@@ -175,42 +172,60 @@ def assemble(
         whole.graph.sort()
         _drop_unused_weights(whole.graph)
         before, after = len(cutter.hierarchy.node_list), sum(1 for _ in ir_nodes(whole))
+        done = schema.read_derivation(whole)
         steps = (
-            *schema.read_derivation(whole),
+            *done,
+            *(step for splice in splices for step in splice.steps if step not in done),
             DerivationStep("assemble", cutter.path.name, (before, after), _tag_counts(whole)),
         )
         schema.write_derivation(whole, steps)
-    with clock("save"):
-        files = _saving.save_atomically(whole, output)
-    result = AssembleResult(Path(model), output, tuple(files), tuple(splices))
-    if not check:
-        return result
-    with clock("check"):
-        return AssembleResult(
-            Path(model), output, tuple(files), tuple(splices), _check(cutter, output, atol, inputs, policy)
-        )
+    outcome = None
+    with _saving.staged(output) as staged:  # OUTPUT appears only when the check ran (it may find a difference)
+        with clock("save"):
+            try:
+                files = tuple(output.with_name(f.name) for f in _saving.save_atomically(whole, staged))
+            except ir.serde.SerdeError as error:  # the model read back fine: a damaged piece brought this in
+                pieces = ", ".join(p.name for p in wanted.values())
+                raise AssemblyError(f"{pieces}: cannot be written back as ONNX ({summarize(error)})") from error
+        if check:
+            with clock("check"):
+                outcome = _check(cutter, staged, atol, inputs, policy)
+    return AssembleResult(Path(model), output, files, tuple(splices), outcome, unchanged=unchanged)
 
 
 def _replacements(
     cutter: Cutter, replace: Mapping[str, str | os.PathLike[str]], pieces_dir: str | os.PathLike[str] | None
-) -> dict[tuple[str, int | None], Path]:
-    """(module, call) -> piece file, validated: known modules, readable pieces, no overlaps."""
+) -> tuple[dict[tuple[str, int | None], Path], tuple[Unchanged, ...]]:
+    """(module, call) -> piece file, validated: known modules, readable pieces, no overlaps; and the pieces of
+    the folder left out because they equal their module (``--replace`` pieces always go in, as asked)."""
     wanted: dict[tuple[str, int | None], Path] = {}
     for module, path in replace.items():
         cutter.hierarchy.module(module)
         record = _piece_record(Path(path))
         wanted[(module, record.call if record is not None and record.module == module else None)] = Path(path)
+    unchanged: list[Unchanged] = []
     if pieces_dir is not None:
         folder = Path(pieces_dir)
         if not folder.is_dir():
             raise AssemblyError(f"{folder}: not a folder of pieces")
-        for path in sorted(folder.glob("*.onnx")):
+        paths = sorted(folder.glob("*.onnx"))
+        if not paths:
+            raise AssemblyError(f"{folder}: no pieces (*.onnx) in it")
+        for path in paths:
             record = _piece_record(path)
             if record is None:
                 raise AssemblyError(f"{path}: not a piece (no hierarchy.piece record); name its module with --replace")
             cutter.hierarchy.module(record.module)
-            wanted[(record.module, record.call)] = path
-    if not wanted:
+            key = (record.module, record.call)
+            if _as_cut(cutter, record, path):
+                unchanged.append(Unchanged(record.module, record.call, path))
+            elif key in wanted:
+                raise AssemblyError(
+                    f"{record.module or '(root)'} is replaced twice: by {wanted[key].name} and {path.name}"
+                )
+            else:
+                wanted[key] = path
+    if not wanted and pieces_dir is None:
         raise AssemblyError("nothing to assemble: give --replace MODULE=PIECE.onnx or --all PIECES_DIR")
     keys = sorted(wanted, key=lambda k: (k[0].count("."), k[0]))
     for index, (outer, outer_call) in enumerate(keys):
@@ -221,7 +236,61 @@ def _replacements(
                     f"overlapping replacements: {outer or '(root)'} ({wanted[(outer, outer_call)].name}) contains "
                     f"{inner or '(root)'} ({wanted[(inner, inner_call)].name}); replace one or the other"
                 )
-    return wanted
+    order = {module: index for index, module in enumerate(cutter.hierarchy.modules)}
+    return wanted, tuple(sorted(unchanged, key=lambda u: (order[u.module], u.call or 0)))
+
+
+def _as_cut(cutter: Cutter, record: schema.PieceRecord, path: Path) -> bool:
+    """Whether the piece file is the graph ``extract`` writes for its module now (standalone if it computes
+    values itself): the same nodes in order, attributes, weights' data, value names, element types and
+    shapes. Tags, node names and metadata do not compute anything and are not compared."""
+    fresh, _ = cutter.piece_model(cutter.cut(record.module, record.call), standalone=bool(record.computed))
+    piece = _reading.read_ir(path)
+    return fresh.opset_imports == piece.opset_imports and _same_graph(fresh.graph, piece.graph)
+
+
+def _same_graph(a: ir.Graph, b: ir.Graph) -> bool:
+    if [_signature(v) for v in a.inputs] != [_signature(v) for v in b.inputs]:
+        return False
+    if [_signature(v) for v in a.outputs] != [_signature(v) for v in b.outputs]:
+        return False
+    if a.initializers.keys() != b.initializers.keys() or len(a) != len(b):
+        return False
+    return all(_same_node(x, y) for x, y in zip(a, b, strict=True)) and all(
+        _same_tensor(v.const_value, b.initializers[name].const_value) for name, v in a.initializers.items()
+    )  # the weights' bytes last: the costly part
+
+
+def _same_node(a: ir.Node, b: ir.Node) -> bool:
+    return (
+        (a.domain, a.op_type, a.overload) == (b.domain, b.op_type, b.overload)
+        and [v and v.name for v in a.inputs] == [v and v.name for v in b.inputs]
+        and [_signature(v) for v in a.outputs] == [_signature(v) for v in b.outputs]
+        and a.attributes.keys() == b.attributes.keys()
+        and all(_same_attribute(x, b.attributes[name]) for name, x in a.attributes.items())
+    )
+
+
+def _signature(value: ir.Value) -> tuple[object, ...]:
+    return value.name, value.dtype, None if value.shape is None else tuple(value.shape)
+
+
+def _same_attribute(a: ir.Attr, b: ir.Attr) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type == ir.AttributeType.GRAPH:
+        return _same_graph(a.as_graph(), b.as_graph())
+    if a.type == ir.AttributeType.GRAPHS:
+        return len(a.as_graphs()) == len(b.as_graphs()) and all(
+            _same_graph(x, y) for x, y in zip(a.as_graphs(), b.as_graphs(), strict=True)
+        )
+    if a.type == ir.AttributeType.TENSOR:
+        return _same_tensor(a.as_tensor(), b.as_tensor())
+    if a.type == ir.AttributeType.TENSORS:
+        return len(a.as_tensors()) == len(b.as_tensors()) and all(
+            _same_tensor(x, y) for x, y in zip(a.as_tensors(), b.as_tensors(), strict=True)
+        )
+    return bool(a.value == b.value)
 
 
 def _piece_record(path: Path) -> schema.PieceRecord | None:
@@ -245,6 +314,7 @@ def _splice(
     """
     module, call = cut.module, cut.call
     piece = _reading.read_ir(piece_path)
+    steps = tuple(schema.read_derivation(piece))
     graph = whole.graph
     entering = {str(v.name): substitutes.get(v, v) for v in cut.inputs}
     stack = _stack(cutter, cut)
@@ -307,7 +377,7 @@ def _splice(
         graph.opset_imports.setdefault(domain, version)
     for key, function in piece.functions.items():
         whole.functions.setdefault(key, function)
-    return Splice(module, call, piece_path, len(cut.nodes), len(nodes) + len(joins), tuple(casts))
+    return Splice(module, call, piece_path, len(cut.nodes), len(nodes) + len(joins), tuple(casts), steps)
 
 
 def _check_fits(piece: Path, name: str, inside: ir.Value, outside: ir.Value, role: str) -> None:
@@ -375,10 +445,14 @@ def _shared_weights(graph: ir.Graph, weights: list[ir.Value], taken: set[str]) -
 
 
 def _same_data(a: ir.Value, b: ir.Value) -> bool:
-    x, y = a.const_value, b.const_value
-    if x is None or y is None or x.dtype != y.dtype or tuple(x.shape) != tuple(y.shape):
-        return False
-    return x.tobytes() == y.tobytes()
+    return a.const_value is not None and b.const_value is not None and _same_tensor(a.const_value, b.const_value)
+
+
+def _same_tensor(x: ir.TensorProtocol | None, y: ir.TensorProtocol | None) -> bool:
+    """The same data, element type and shape (two weights without data, of a structure-only model, are the same)."""
+    if x is None or y is None:
+        return x is y
+    return x.dtype == y.dtype and tuple(x.shape) == tuple(y.shape) and x.tobytes() == y.tobytes()
 
 
 def _rename_clashes(nodes: list[ir.Node], weights: list[ir.Value], taken: set[str], replaced: list[ir.Value]) -> None:
@@ -420,19 +494,19 @@ def _tag_counts(model: ir.Model) -> dict[str, int]:
 
 
 def _check(
-    cutter: Cutter, output: Path, atol: float, inputs: str | os.PathLike[str] | None, policy: SessionPolicy
-) -> AssembleCheck:
+    cutter: Cutter, output: Path, atol: float | None, inputs: str | os.PathLike[str] | None, policy: SessionPolicy
+) -> Comparison:
+    """The assembled model against the whole, judged by what the pieces changed (their derivation steps)."""
     source = cutter.source
+    assembled = TaggedModel.read(output, "")
+    tolerance = _tolerance.overridden(_tolerance.between(source.arithmetic, assembled.arithmetic), atol, None)
     if source.structure_only:
-        return AssembleCheck({}, atol, False, "not checked: a structure-only model has no weights to run")
-    feeds = _feeds.model_feeds(source.proto, source.record, inputs)
+        return Comparison((), tolerance, "not checked: a structure-only model has no weights to run")
+    feeds = _feeds.model_feeds(source.proto, source.record, inputs, location=source.path.parent)
+    notes: list[str] = []
     try:
-        expected = _session.run(source.proto, source.path.parent, feeds, (), policy)
-        assembled = _reading.read_proto(output)
-        actual = _session.run(assembled, output.parent, feeds, (), policy)
+        expected = _session.run(source.proto, source.path.parent, feeds, (), policy, notes)
     except _session.RuntimeFailure as failure:
-        return AssembleCheck({}, atol, False, str(failure))
+        return Comparison((), tolerance, str(failure))
     names = [o.name for o in source.proto.graph.output]
-    diffs = {name: _compare.max_abs_diff(expected[name], actual[name]) for name in names}
-    bitwise = all(np.array_equal(expected[name], actual[name]) for name in names)
-    return AssembleCheck(diffs, atol, bitwise)
+    return _check_run.check(output, feeds, expected, tolerance, names=names, policy=policy, notes=notes)

@@ -11,6 +11,7 @@ them is written), so cutting every module of a model costs about as much as writ
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -29,12 +30,13 @@ from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.core._traversal import nested_nodes
 from onnx_hierarchy.errors import ExtractionError, OutputError
 from onnx_hierarchy.pieces._standalone import computable, compute_inside
-from onnx_hierarchy.runtime import _compare, _feeds, _session
+from onnx_hierarchy.runtime import _check, _feeds, _session, _tolerance
+from onnx_hierarchy.runtime._compare import Comparison
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
-from onnx_hierarchy.runtime._tolerance import PIECE_ATOL
+from onnx_hierarchy.runtime._tolerance import Tolerance
 from onnx_hierarchy.schema import PieceRecord
 
-__all__ = ["ExtractResult", "Piece", "PieceCheck", "SkippedModule", "extract", "extract_all"]
+__all__ = ["ExtractResult", "Piece", "SkippedModule", "extract", "extract_all"]
 
 
 @dataclass(frozen=True)
@@ -90,34 +92,6 @@ class Piece:
 
 
 @dataclass(frozen=True)
-class PieceCheck:
-    """How closely one piece, fed the whole model's values at its inputs, reproduced its outputs.
-
-    ``error`` says why the piece could not be checked or run (the checker's or ONNX Runtime's message).
-    """
-
-    module: str
-    call: int | None
-    max_abs_diff: float
-    atol: float
-    error: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.error is None and self.max_abs_diff <= self.atol
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "module": self.module,
-            "call": self.call,
-            "max_abs_diff": self.max_abs_diff,
-            "atol": self.atol,
-            "passed": self.passed,
-            "error": self.error,
-        }
-
-
-@dataclass(frozen=True)
 class SkippedModule:
     """A selected module that yields no piece, and why."""
 
@@ -133,7 +107,8 @@ class ExtractResult:
         model: The model the pieces were cut from.
         pieces: Pieces written, in module tree order.
         skipped: Selected modules without nodes.
-        checks: One per piece when checked, in the same order.
+        checks: One per piece when checked, in the same order: the piece, fed the whole model's values at
+            its inputs, against the whole model's values at its outputs.
         check_note: Why pieces were not checked although asked (structure-only model, model that does
             not run).
         warnings: What the user should know (nodes without tags, which the pieces cannot place).
@@ -142,7 +117,7 @@ class ExtractResult:
     model: Path
     pieces: tuple[Piece, ...]
     skipped: tuple[SkippedModule, ...] = ()
-    checks: tuple[PieceCheck, ...] = ()
+    checks: tuple[Comparison, ...] = ()
     check_note: str | None = None
     warnings: tuple[str, ...] = ()
 
@@ -152,12 +127,12 @@ class ExtractResult:
         return all(c.passed for c in self.checks)
 
     def to_json(self) -> dict[str, Any]:
-        checks = {(c.module, c.call): c for c in self.checks}
+        checks: list[Comparison | None] = [*self.checks] or [None] * len(self.pieces)
         return {
             "model": str(self.model),
             "pieces": [
-                {**p.to_json(), "check": checks[(p.module, p.call)].to_json() if (p.module, p.call) in checks else None}
-                for p in self.pieces
+                {**p.to_json(), "check": None if c is None else c.to_json()}
+                for p, c in zip(self.pieces, checks, strict=True)
             ],
             "skipped": [{"module": s.module, "reason": s.reason} for s in self.skipped],
             "check_note": self.check_note,
@@ -174,7 +149,7 @@ def extract(
     call: int | None = None,
     standalone: bool = False,
     check: bool = False,
-    atol: float = PIECE_ATOL,
+    atol: float | None = None,
     inputs: str | os.PathLike[str] | None = None,
     policy: SessionPolicy = DEFAULT_POLICY,
     progress: ProgressCallback | None = None,
@@ -189,7 +164,7 @@ def extract(
         standalone: The piece computes the shape values it reads from the rest of the model (batch size,
             Reshape targets) from its own tensor inputs, so it runs from real tensors alone.
         check: Run the whole model and the piece in ONNX Runtime and compare the piece's outputs.
-        atol: Largest absolute difference a checked piece may have.
+        atol: Largest absolute difference a checked piece may have (default: the same arithmetic's, 1e-6).
         inputs: ``.npz`` file with the model's inputs for the check; generated when omitted.
         policy: How ONNX Runtime sessions of the check are made.
         progress: Told when each stage (read, write, check) starts and finishes.
@@ -206,10 +181,12 @@ def extract(
         source = Cutter(Path(model))
         cut = source.cut(module, call)  # bad modules and calls fail here, before any folder is created
     source.check_output(output)
-    with clock("write"):
-        pieces = (source.write(cut, output, standalone),)
-    with clock("check"):
-        return _finish(source.source, pieces, (), check, atol, inputs, policy)
+    with _saving.staged(output) as staged:  # the piece appears only when the check ran
+        with clock("write"):
+            pieces = (source.write(cut, staged, standalone),)
+        with clock("check"):
+            result = _finish(source.source, pieces, (), check, atol, inputs, policy)
+    return _placed(result, staged.parent, output.parent)
 
 
 def extract_all(
@@ -221,7 +198,7 @@ def extract_all(
     cls: str | None = None,
     standalone: bool = False,
     check: bool = False,
-    atol: float = PIECE_ATOL,
+    atol: float | None = None,
     inputs: str | os.PathLike[str] | None = None,
     policy: SessionPolicy = DEFAULT_POLICY,
     progress: ProgressCallback | None = None,
@@ -248,19 +225,34 @@ def extract_all(
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"{output_dir}: exists and is not a folder")
     cuts = [source.cut(path, None) for path in wanted]
-    for cut in cuts:
-        source.check_output(output_dir / _file_name(cut.module))
+    if output_dir.is_dir():  # a folder made for this run is made only when every piece is written and checked
+        for cut in cuts:
+            source.check_output(output_dir / _file_name(cut.module))
     pieces = []
-    with clock("write"):
-        for number, cut in enumerate(cuts, 1):
-            clock.report(StageEvent("write", detail=f"{number}/{len(cuts)}: {cut.module or '(root)'}"))
-            pieces.append(source.write(cut, output_dir / _file_name(cut.module), standalone))
-    with clock("check"):
-        return _finish(source.source, tuple(pieces), skipped, check, atol, inputs, policy)
+    with _saving.staged(output_dir, folder=True) as staged:
+        with clock("write"):
+            for number, cut in enumerate(cuts, 1):
+                clock.report(StageEvent("write", detail=f"{number}/{len(cuts)}: {cut.module or '(root)'}"))
+                pieces.append(source.write(cut, staged / _file_name(cut.module), standalone))
+        with clock("check"):
+            result = _finish(source.source, tuple(pieces), skipped, check, atol, inputs, policy)
+    return _placed(result, staged, output_dir)
 
 
 def _file_name(module: str) -> str:
     return f"{module or 'root'}.onnx"
+
+
+def _placed(result: ExtractResult, staging: Path, destination: Path) -> ExtractResult:
+    """``result`` with its pieces' files where :func:`~onnx_hierarchy.core._saving.staged` moved them."""
+
+    def place(path: Path) -> Path:
+        return destination / path.relative_to(staging)
+
+    pieces = tuple(
+        dataclasses.replace(p, output=place(p.output), files=tuple(map(place, p.files))) for p in result.pieces
+    )
+    return dataclasses.replace(result, pieces=pieces)
 
 
 @dataclass(frozen=True)
@@ -346,8 +338,7 @@ class Cutter:
                 )
 
     def write(self, cut: Cut, output: Path, standalone: bool = False) -> Piece:
-        candidates = [str(v.name) for v in cut.inputs if computable(v, self.computable)] if standalone else []
-        piece, computed = self._piece_model(cut, candidates)
+        piece, computed = self.piece_model(cut, standalone)
         files = _saving.save_atomically(piece, output)
         return Piece(
             module=cut.module,
@@ -363,6 +354,12 @@ class Cutter:
             weight_elements=sum(math.prod(v.shape.numpy()) for v in cut.weights if v.shape is not None),
             computed=tuple(computed),
         )
+
+    def piece_model(self, cut: Cut, standalone: bool) -> tuple[ir.Model, list[str]]:
+        """The piece of ``cut`` as ``write`` saves it, and the values entering it that it computes itself:
+        ``assemble`` compares a piece file with it to tell a piece a tool changed from one left as cut."""
+        candidates = [str(v.name) for v in cut.inputs if computable(v, self.computable)] if standalone else []
+        return self._piece_model(cut, candidates)
 
     def _piece_model(self, cut: Cut, candidates: list[str]) -> tuple[ir.Model, list[str]]:
         """The piece, and which of the ``candidates`` (values entering it) it computes itself."""
@@ -429,7 +426,7 @@ def _finish(
     pieces: tuple[Piece, ...],
     skipped: tuple[SkippedModule, ...],
     check: bool,
-    atol: float,
+    atol: float | None,
     inputs: str | os.PathLike[str] | None,
     policy: SessionPolicy,
 ) -> ExtractResult:
@@ -439,30 +436,21 @@ def _finish(
     if source.structure_only:
         note = "not checked: a structure-only model has no weights to run"
         return ExtractResult(source.path, pieces, skipped, check_note=note, warnings=warnings)
-    feeds = _feeds.model_feeds(source.proto, source.record, inputs)
+    feeds = _feeds.model_feeds(source.proto, source.record, inputs, location=source.path.parent)
     boundary = [name for piece in pieces for name in (*piece.inputs, *piece.outputs)]
     try:
         values = _session.run(source.proto, source.path.parent, feeds, boundary, policy)
     except _session.RuntimeFailure as failure:
         return ExtractResult(source.path, pieces, skipped, check_note=f"not checked: {failure}", warnings=warnings)
-    checks = tuple(_check_piece(p, values, atol, policy) for p in pieces)
+    tolerance = _tolerance.overridden(_tolerance.SAME_ARITHMETIC, atol, None)
+    checks = tuple(_check_piece(p, values, tolerance, policy) for p in pieces)
     return ExtractResult(source.path, pieces, skipped, checks, warnings=warnings)
 
 
-def _check_piece(piece: Piece, values: dict[str, Any], atol: float, policy: SessionPolicy) -> PieceCheck:
+def _check_piece(piece: Piece, values: dict[str, Any], tolerance: Tolerance, policy: SessionPolicy) -> Comparison:
     try:
         onnx.checker.check_model(os.fspath(piece.output), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        return PieceCheck(piece.module, piece.call, math.inf, atol, f"onnx.checker: {str(error).splitlines()[0]}")
-    try:
-        runner = _session.session(piece.output, policy=policy)
-        got = runner.run(list(piece.outputs), {name: values[name] for name in piece.inputs})
-    except _session.RuntimeFailure as failure:
-        return PieceCheck(piece.module, piece.call, math.inf, atol, str(failure))
-    except Exception as error:  # onnxruntime's own exception types
-        return PieceCheck(piece.module, piece.call, math.inf, atol, f"ONNX Runtime: {str(error).splitlines()[0]}")
-    diff = max(
-        (_compare.max_abs_diff(values[name], got_value) for name, got_value in zip(piece.outputs, got, strict=True)),
-        default=0.0,
-    )
-    return PieceCheck(piece.module, piece.call, diff, atol)
+        return Comparison((), tolerance, f"onnx.checker: {str(error).splitlines()[0]}")
+    feeds = {name: values[name] for name in piece.inputs}
+    return _check.check(piece.output, feeds, values, tolerance, names=piece.outputs, policy=policy)

@@ -1,9 +1,11 @@
 """``report``: one self-contained HTML page of a model, module by module.
 
 The page carries its data as JSON and everything it runs inline (no CDN, works offline): a collapsible
-module tree with class, nodes, parameters, calls, op mix and tag sources; time and error columns with
-colour scales when a profile or verify result is given; search by path or class; and, on a click, the
-module's data flow laid out by dagre (MIT, bundled) in nested module clusters with the values entering it.
+module tree with class, nodes, parameters, calls, op mix and tag sources; time, error and status columns
+with colour scales when a profile or verify result is given, summarised in the header; search by path or
+class; and, on a click, the module's data flow laid out by dagre (MIT, bundled) in nested module clusters
+with the values entering it. It opens on what the reader came for: the first module over tolerance, else
+the hottest path, else as many levels as fit; columns nothing fills are left out.
 """
 
 from __future__ import annotations
@@ -92,19 +94,20 @@ def report(
     path = Path(model)
     proto = _reading.read_proto(path)
     hierarchy = from_proto(path, proto)
-    times = _profile_times(Path(profile), hierarchy) if profile is not None else {}
-    errors = _verify_errors(Path(verify), hierarchy) if verify is not None else {}
+    times, timed, hottest = _profile_times(Path(profile), hierarchy) if profile is not None else ({}, "", None)
+    checks, checked, failing = _verify_errors(Path(verify), hierarchy) if verify is not None else ({}, "", None)
     notices = []
     if hierarchy.source != "hierarchy":
         notices.append(f"no hierarchy tags: modules read from {hierarchy.source}; export with onnx-hierarchy")
     if (notice := hierarchy.untagged_notice()) is not None:
         notices.append(notice)
     others = _compared(hierarchy, Path(compare)) if compare is not None else {}
-    data = _data(hierarchy, proto, times, errors, others)
-    page = _page(path, proto, hierarchy, data, notices, Path(compare).name if compare is not None else "")
-    staged = output.with_name(f".{output.name}.partial")
-    staged.write_text(page, encoding="utf-8")
-    os.replace(staged, output)
+    data = _data(hierarchy, proto, times, checks, others)
+    data["focus"] = failing if failing is not None else hottest
+    summaries = [line for line in (checked, timed) if line]
+    page = _page(path, proto, hierarchy, data, notices, summaries, Path(compare).name if compare is not None else "")
+    with _saving.staged(output) as staged:
+        staged.write_text(page, encoding="utf-8")
     return ReportResult(
         path,
         output,
@@ -130,7 +133,7 @@ def _data(
     hierarchy: Hierarchy,
     proto: Any,
     times: Mapping[str, float],
-    errors: Mapping[str, float],
+    checks: Mapping[str, _Checked],
     others: Mapping[str, tuple[int | None, str]],
 ) -> dict[str, Any]:
     index = {path: i for i, path in enumerate(hierarchy.modules)}
@@ -155,8 +158,9 @@ def _data(
                 dict(list(stats.ops.items())[:6]),
                 dict(sources.get(stats.path, {})),
                 times.get(stats.path),
-                errors.get(stats.path),
+                checks[stats.path].error if stats.path in checks else None,
                 list(others[stats.path]) if stats.path in others else None,
+                _status(checks[stats.path]) if stats.path in checks else None,
             ]
         )
     nodes = [
@@ -172,7 +176,19 @@ def _data(
     }
 
 
-def _page(path: Path, proto: Any, hierarchy: Hierarchy, data: dict[str, Any], notices: list[str], other: str) -> str:
+def _status(checked: _Checked) -> list[Any]:
+    return [checked.status, checked.detail, checked.ratio]
+
+
+def _page(
+    path: Path,
+    proto: Any,
+    hierarchy: Hierarchy,
+    data: dict[str, Any],
+    notices: list[str],
+    summaries: list[str],
+    other: str,
+) -> str:
     assets = resources.files("onnx_hierarchy.reporting") / "assets"
     record = schema.read_export_record({p.key: p.value for p in proto.metadata_props})
     facts = [
@@ -192,6 +208,7 @@ def _page(path: Path, proto: Any, hierarchy: Hierarchy, data: dict[str, Any], no
         "__TITLE__": html.escape(f"{path.name} · onnx-hierarchy report"),
         "__OTHER__": html.escape(f"nodes in {other}") if other else "",
         "__FACTS__": "".join(f"<span>{html.escape(fact)}</span>" for fact in facts),
+        "__SUMMARY__": "".join(f'<div class="summary">{html.escape(line)}</div>' for line in summaries),
         "__NOTICE__": "".join(f'<div class="notice">{html.escape(n)}</div>' for n in notices),
         "__CSS__": (assets / "report.css").read_text(encoding="utf-8"),
         "__DATA__": payload,
@@ -221,27 +238,111 @@ def _check_model(path: Path, data: Mapping[str, Any], paths: set[str], hierarchy
         raise InputSpecError(f"{path}: a {what} result of another model than {hierarchy.path.name}{named}")
 
 
-def _profile_times(path: Path, hierarchy: Hierarchy) -> dict[str, float]:
-    """Per module, its total milliseconds per run from ``profile --format json``."""
+def _profile_times(path: Path, hierarchy: Hierarchy) -> tuple[dict[str, float], str, str | None]:
+    """Per module, its total milliseconds per run from ``profile --format json``; the header's line; the
+    end of the hottest path."""
     data = _read_json(path, "profile")
     try:
         times = {str(m["module"]): float(m["total_ms"]) for m in data["modules"]}
-    except (KeyError, TypeError, ValueError) as error:
+        own = {str(m["module"]): float(m.get("self_ms") or 0.0) for m in data["modules"]}
+        line = f"profile: {float(data['total_ms']):.3f} ms of kernels per run"
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise InputSpecError(f"{path}: not a profile JSON (`onnx-hierarchy profile MODEL --format json`)") from error
     _check_model(path, data, set(times), hierarchy, "profile")
-    return times
+    runs = data.get("runs")
+    line += f" ({runs} runs)" if isinstance(runs, int) else ""
+    hottest = _hottest(hierarchy, times, own)
+    if hottest is not None:
+        line += f"; hottest path ends at {hottest or '(root)'} ({times.get(hottest, 0.0):.3f} ms)"
+    return times, line, hottest
 
 
-def _verify_errors(path: Path, hierarchy: Hierarchy) -> dict[str, float]:
-    """Per module, the largest max abs error of its calls from ``verify --format json``."""
+def _hottest(hierarchy: Hierarchy, times: Mapping[str, float], own: Mapping[str, float]) -> str | None:
+    """From the root, into the child that took the most time, until a module's own nodes took more than any
+    child: where the time goes."""
+    if not times:
+        return None
+    path = ""
+    while True:
+        timed = [child for child in hierarchy.children(path) if times.get(child)]
+        if not timed:
+            return path
+        hottest = max(timed, key=lambda child: times[child])
+        if times[hottest] < own.get(path, 0.0):
+            return path
+        path = hottest
+
+
+_OVER = "over tolerance"  # verify's status of a call beyond tolerance
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One module call as ``verify --format json`` lists it."""
+
+    module: str
+    status: str
+    error: float | None
+    threshold: float | None  # the max abs error allowed (threshold rule)
+    ratio: float | None  # how far along its tolerance: above 1 is over
+    sqnr: float | None  # dB (quantized files' rule)
+    reason: str | None
+
+    @classmethod
+    def read(cls, data: Mapping[str, Any]) -> _Call:
+        numbers = [data.get(key) for key in ("max_abs_error", "threshold", "ratio", "sqnr")]
+        error, threshold, ratio, sqnr = (None if n is None else float(n) for n in numbers)
+        reason = data.get("reason")
+        return cls(str(data["module"]), str(data["status"]), error, threshold, ratio, sqnr, reason and str(reason))
+
+    @property
+    def severity(self) -> tuple[int, float]:
+        return {_OVER: 2, "ok": 1}.get(self.status, 0), self.ratio or self.error or 0.0
+
+    @property
+    def detail(self) -> str:
+        """The error beside what the call was allowed, or why it was not compared."""
+        if self.error is None:
+            return self.reason or self.status
+        if self.ratio is None:
+            return f"max abs error {self.error:.2e}"
+        times = f"{self.ratio:.2f}×" if self.ratio < 10 else f"{self.ratio:,.0f}×"
+        if self.threshold is not None:
+            return f"max abs error {self.error:.2e}, allowed {self.threshold:.2e} ({times})"
+        return f"max abs error {self.error:.2e}, SQNR {self.sqnr} dB ({times} the allowed noise)"
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What ``verify`` found for one module."""
+
+    error: float | None  # the largest max abs error of its calls
+    status: str  # of its worst call: ``over``, ``ok``, or why it was not compared (``not comparable``, ``fused``...)
+    detail: str  # the worst call's error beside what it was allowed
+    ratio: float | None  # the worst call's error over what it was allowed: above 1 is over
+
+
+def _verify_errors(path: Path, hierarchy: Hierarchy) -> tuple[dict[str, _Checked], str, str | None]:
+    """Per module, what ``verify --format json`` found; the header's line; the first module over tolerance."""
     data = _read_json(path, "verify")
     try:
-        calls = [(str(c["module"]), c.get("max_abs_error")) for c in data["calls"]]
-    except (KeyError, TypeError, AttributeError) as error:
+        calls = [_Call.read(c) for c in data["calls"]]
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
         raise InputSpecError(f"{path}: not a verify JSON (`onnx-hierarchy verify MODEL --format json`)") from error
-    _check_model(path, data, {m for m, _ in calls}, hierarchy, "verify")
+    _check_model(path, data, {c.module for c in calls}, hierarchy, "verify")
+    worst: dict[str, _Call] = {}
     errors: dict[str, float] = {}
-    for module, worst in calls:
-        if worst is not None:
-            errors[module] = max(errors.get(module, 0.0), float(worst))
-    return errors
+    for call in calls:
+        if call.error is not None:
+            errors[call.module] = max(errors.get(call.module, 0.0), call.error)
+        if call.module not in worst or call.severity > worst[call.module].severity:
+            worst[call.module] = call
+    checked = {
+        module: _Checked(errors.get(module), "over" if c.status == _OVER else c.status, c.detail, c.ratio)
+        for module, c in worst.items()
+    }
+    over = [c.module for c in calls if c.status == _OVER]
+    compared = sum(c.status in ("ok", _OVER) for c in calls)
+    line = f"verify against {data.get('reference', 'the reference')}: {compared} of {len(calls)} module calls "
+    line += f"compared, {len(over)} over tolerance" + (f"; the first: {over[0] or '(root)'}" if over else "")
+    return checked, line, over[0] if over else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,7 @@ def tag_node_data(model: str | os.PathLike[str]) -> dict[str, Any]:
 def view(
     model: str | os.PathLike[str],
     *,
-    profile: str | os.PathLike[str] | None = None,
-    verify: str | os.PathLike[str] | None = None,
+    node_data: Sequence[str | os.PathLike[str]] = (),
     port: int = 8080,
     open_browser: bool = True,
 ) -> None:
@@ -50,8 +50,8 @@ def view(
 
     Args:
         model: A tagged model.
-        profile: Node data written by ``profile --node-data`` for this model.
-        verify: Node data written by ``verify --node-data`` for this model.
+        node_data: Node-data files written for this model by ``profile --node-data`` (times) or
+            ``verify --node-data`` (errors), one overlay each.
         port: Model Explorer's port.
         open_browser: Open the page in the default browser.
 
@@ -69,7 +69,7 @@ def view(
         ) from error
     path = Path(model)
     names = {raw.name for raw in proto_nodes(_reading.read_proto(path))}
-    overlays = [_node_data(Path(p), names) for p in (profile, verify) if p is not None]
+    overlays = [_node_data(Path(p), names) for p in node_data]
     config = model_explorer.config()
     config.add_model_from_path(str(path.resolve()))
     with tempfile.TemporaryDirectory(prefix="onnx-hierarchy-view-") as scratch:

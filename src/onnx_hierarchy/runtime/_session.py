@@ -9,6 +9,8 @@ by ONNX Runtime from where they already are on disk instead of being copied thro
 from __future__ import annotations
 
 import os
+import tempfile
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from onnx_hierarchy.errors import summarize
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-__all__ = ["DEFAULT_POLICY", "RuntimeFailure", "SessionPolicy", "run", "session"]
+__all__ = ["DEFAULT_POLICY", "WIDENED_NOTE", "RuntimeFailure", "SessionPolicy", "run", "run_file", "session", "widened"]
 
 _LEVELS = ("disable", "basic", "extended", "all")
 
@@ -77,7 +79,65 @@ def session(
     configure: Callable[[ort.SessionOptions], None] | None = None,
 ) -> ort.InferenceSession:
     """A session under ``policy``, for a file or for an in-memory header whose weights live in ``folder``;
-    ``configure`` adds to the options (profiling, saving the optimized graph)."""
+    ``configure`` adds to the options (profiling, saving the optimized graph).
+
+    A bfloat16 model the providers have no kernels for runs as its exact float32 copy
+    (:mod:`runtime._widen`); :func:`widened` tells whether a session runs so.
+    """
+    try:
+        return _session(model, folder, policy, configure)
+    except RuntimeFailure:
+        if not _holds_bfloat16(model if isinstance(model, onnx_pb.ModelProto) else _header(model)):
+            raise
+    from onnx_hierarchy.core import _saving
+    from onnx_hierarchy.core._reading import read_ir
+    from onnx_hierarchy.runtime._widen import WidenBfloat16Pass
+
+    path = model if isinstance(model, Path) else (folder or Path.cwd()) / "model.onnx"
+    copy = read_ir(path, model if isinstance(model, onnx_pb.ModelProto) else None)
+    WidenBfloat16Pass()(copy)
+    with tempfile.TemporaryDirectory(prefix="onnx-hierarchy-widened-") as scratch:
+        widened_path = Path(scratch) / "widened.onnx"
+        _saving.save_atomically(copy, widened_path)
+        runner = _session(widened_path, None, policy, configure)
+    _WIDENED.add(runner)
+    return runner
+
+
+# What a comparison says when a side ran as its float32 copy.
+WIDENED_NOTE = (
+    "ONNX Runtime's CPU kernels do not compute in bfloat16: ran a float32 copy of the graph with the same weights"
+)
+_WIDENED: weakref.WeakSet[ort.InferenceSession] = weakref.WeakSet()
+
+
+def widened(runner: ort.InferenceSession) -> bool:
+    """Whether :func:`session` made ``runner`` from the float32 copy of a bfloat16 model."""
+    return runner in _WIDENED
+
+
+def _header(path: Path) -> onnx_pb.ModelProto:
+    from onnx_hierarchy.core._reading import read_proto
+
+    try:
+        return read_proto(path)
+    except Exception:  # unreadable: ONNX Runtime's own failure says why
+        return onnx_pb.ModelProto()
+
+
+def _holds_bfloat16(model: onnx_pb.ModelProto) -> bool:
+    graph = model.graph
+    kinds = [v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)]
+    kinds += [t.data_type for t in graph.initializer]
+    return onnx_pb.TensorProto.BFLOAT16 in kinds
+
+
+def _session(
+    model: onnx_pb.ModelProto | Path,
+    folder: Path | None,
+    policy: SessionPolicy,
+    configure: Callable[[ort.SessionOptions], None] | None,
+) -> ort.InferenceSession:
     import onnxruntime as ort
 
     options = policy.options()
@@ -101,10 +161,12 @@ def run(
     feeds: Mapping[str, np.ndarray],
     expose: Iterable[str] = (),
     policy: SessionPolicy = DEFAULT_POLICY,
+    notes: list[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Runs ``model`` once and returns its outputs and the values named in ``expose``, by name.
 
-    ``model`` is left unchanged; the exposed values are added to a copy of its graph outputs.
+    ``model`` is left unchanged; the exposed values are added to a copy of its graph outputs. How the model
+    was run when not as written (:data:`WIDENED_NOTE`) is appended to ``notes``.
     """
     graph = model.graph
     present = {v.name for v in graph.output} | {v.name for v in graph.input} | {t.name for t in graph.initializer}
@@ -115,11 +177,31 @@ def run(
     for name in wanted:
         header.graph.output.append(known[name] if name in known else onnx_pb.ValueInfoProto(name=name))
     runner = session(header, folder, policy)
+    if notes is not None and widened(runner):
+        notes.append(WIDENED_NOTE)
     names = [o.name for o in runner.get_outputs()]
     try:
-        values = runner.run(names, dict(feeds))
+        accepted = {i.name for i in runner.get_inputs()}
+        values = runner.run(names, {name: value for name, value in feeds.items() if name in accepted})
     except Exception as error:
         raise RuntimeFailure(f"ONNX Runtime could not run the model: {summarize(error)}") from error
     result = dict(zip(names, (np.asarray(v) for v in values), strict=True))
     result.update(feeds)
     return result
+
+
+def run_file(
+    path: Path,
+    feeds: Mapping[str, np.ndarray],
+    expose: Iterable[str] = (),
+    policy: SessionPolicy = DEFAULT_POLICY,
+    notes: list[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`run` for a model file: its header read without its weights, which stay where they are."""
+    from onnx_hierarchy.core._reading import read_proto
+
+    try:
+        header = read_proto(path)
+    except Exception as error:
+        raise RuntimeFailure(f"ONNX Runtime could not load the model: {path.name}: {summarize(error)}") from error
+    return run(header, path.parent, feeds, expose, policy, notes)

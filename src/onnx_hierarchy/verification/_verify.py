@@ -16,7 +16,9 @@ Nothing is paired by closeness of values, so a wrong number can never be hidden 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,10 +31,11 @@ from onnx_hierarchy.core._hierarchy import Hierarchy, from_proto
 from onnx_hierarchy.core._progress import ProgressCallback, StageClock
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.errors import InputSpecError, ModelFileError, ModelSourceError, summarize
-from onnx_hierarchy.runtime import _compare, _feeds, _session
+from onnx_hierarchy.runtime import _compare, _feeds, _session, _tolerance
+from onnx_hierarchy.runtime._compare import Comparison
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
-from onnx_hierarchy.runtime._tolerance import CHECK_TOLERANCE, VERIFY_ATOL, VERIFY_RTOL
-from onnx_hierarchy.tagging._derivation import Derivation, Evidence, derive
+from onnx_hierarchy.runtime._tolerance import Tolerance
+from onnx_hierarchy.tagging._matching import Derivation, Evidence, derive
 
 if TYPE_CHECKING:
     import torch
@@ -63,9 +66,8 @@ class CallComparison:
         cls: Class name.
         call: Which call (0-based) of a module that ran more than once; ``None`` if it ran once.
         status: How the call compared.
-        max_abs_error: Largest ``|onnx - expected|`` over the compared values.
-        max_rel_error: Largest ``|onnx - expected| / |expected|`` over elements where ``|expected| > atol``.
-        values: ONNX value names compared (one per paired output).
+        comparison: The values leaving the call against the expected ones (one per paired output), when
+            compared.
         reason: Why the call is not comparable, or which outputs were left unpaired.
     """
 
@@ -73,10 +75,44 @@ class CallComparison:
     cls: str
     call: int | None
     status: CallStatus
-    max_abs_error: float | None = None
-    max_rel_error: float | None = None
-    values: tuple[str, ...] = ()
+    comparison: Comparison | None = None
     reason: str | None = None
+
+    @property
+    def max_abs_error(self) -> float | None:
+        """Largest ``|onnx - expected|`` over the compared values."""
+        return None if self.comparison is None else self.comparison.max_abs_diff
+
+    @property
+    def max_rel_error(self) -> float | None:
+        """Largest ``|onnx - expected| / |expected|`` over elements where ``|expected| > atol``."""
+        return None if self.comparison is None else max((v.max_rel for v in self.comparison.values), default=0.0)
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """ONNX value names compared."""
+        return () if self.comparison is None else tuple(v.name for v in self.comparison.values)
+
+    @property
+    def threshold(self) -> float | None:
+        """The largest absolute error allowed for the value furthest along its tolerance (threshold rule)."""
+        if self.comparison is None or self.comparison.tolerance.min_sqnr is not None:
+            return None
+        worst = self.comparison.worst
+        return None if worst is None else worst.threshold
+
+    @property
+    def ratio(self) -> float | None:
+        """How far along the tolerance the worst value is: above 1 is over."""
+        worst = self.comparison.worst if self.comparison is not None else None
+        return None if worst is None else worst.ratio
+
+    @property
+    def sqnr(self) -> float | None:
+        """Least signal-to-noise ratio (dB) over the compared values."""
+        if self.comparison is None or not self.comparison.values:
+            return None
+        return min(v.sqnr for v in self.comparison.values)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +122,9 @@ class CallComparison:
             "status": self.status.value,
             "max_abs_error": self.max_abs_error,
             "max_rel_error": self.max_rel_error,
+            "threshold": self.threshold,
+            "ratio": self.ratio,
+            "sqnr": None if self.sqnr is None or not math.isfinite(self.sqnr) else self.sqnr,
             "values": list(self.values),
             "reason": self.reason,
         }
@@ -98,9 +137,8 @@ class VerifyResult:
     Attributes:
         model: The ONNX model verified.
         reference: What it was compared with: ``PyTorch (<source>)`` or the reference ONNX file.
-        atol: Absolute tolerance.
-        rtol: Relative tolerance: a value is within tolerance when
-            ``|onnx - expected| <= atol + rtol * max|expected|``.
+        tolerance: What every call was judged by (``runtime._tolerance``: the dtype and derivation steps of
+            the files, or the user's ``--atol``/``--rtol``).
         calls: One comparison per module call that ran.
         inputs: Name and shape of each input used.
         warnings: What the user should know (weights rebuilt from a seed, a source other than the recorded one).
@@ -109,12 +147,12 @@ class VerifyResult:
 
     model: Path
     reference: str
-    atol: float
-    rtol: float
+    tolerance: Tolerance
     calls: tuple[CallComparison, ...]
     inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     parents: dict[str, str | None] = field(default_factory=dict)
+    outputs: Comparison | None = None
 
     @property
     def compared(self) -> int:
@@ -130,8 +168,33 @@ class VerifyResult:
         over = self.over_tolerance
         return over[0] if over else None
 
+    def select(
+        self, depth: int | None = None, module: str | None = None, only_failures: bool = False
+    ) -> tuple[CallComparison, ...]:
+        """The calls a reader asked for, in execution order: those of the modules ``module`` (path or glob)
+        selects with their descendants down to ``depth`` levels below them, as ``tree`` shows modules
+        (:meth:`Hierarchy.subtrees`; no ``module``: from the root); with ``only_failures``, those over tolerance.
+
+        Raises:
+            UnknownModuleError: Nothing matches ``module``.
+        """
+        from onnx_hierarchy.core._hierarchy import load
+
+        calls = self.calls
+        if depth is not None or module is not None:
+            wanted = set(load(self.model).subtrees(module, None, depth))
+            calls = tuple(c for c in calls if c.module in wanted)
+        if only_failures:
+            calls = tuple(c for c in calls if c.status is CallStatus.OVER)
+        return calls
+
     @property
     def passed(self) -> bool:
+        """The model's outputs are within tolerance: the verdict ``optimize``, ``assemble --check`` and the
+        export check give the same pair of files. Module calls over tolerance show where differences
+        appear; they decide alone only when the outputs could not be compared."""
+        if self.outputs is not None:
+            return self.outputs.passed
         return not self.over_tolerance
 
     def node_data(self) -> dict[str, Any]:
@@ -155,13 +218,13 @@ class VerifyResult:
         return {
             "model": str(self.model),
             "reference": self.reference,
-            "atol": self.atol,
-            "rtol": self.rtol,
+            "tolerance": self.tolerance.to_json(),
             "inputs": {k: list(v) for k, v in self.inputs.items()},
             "calls_ran": len(self.calls),
             "calls_compared": self.compared,
             "calls_over_tolerance": len(self.over_tolerance),
             "first_over_tolerance": None if first is None else {"module": first.module, "call": first.call},
+            "outputs": None if self.outputs is None else self.outputs.to_json(),
             "passed": self.passed,
             "warnings": list(self.warnings),
             "calls": [c.to_json() for c in self.calls],
@@ -190,9 +253,10 @@ def verify(
         reference: Compare with this ONNX model of the same source instead of PyTorch.
         inputs: ``.npz`` file with one array per graph input. Default: generated inputs of the recorded shapes.
         text: Text to tokenize with the source checkpoint's tokenizer, for text models.
-        atol: Absolute tolerance; default: ``VERIFY_ATOL``, or the export check's for a model exported in
-            half precision (``export --dtype``).
-        rtol: Relative tolerance; default likewise.
+        atol: Absolute tolerance, replacing the default: the tolerance policy's (``runtime._tolerance``) for
+            the model's dtype and derivation steps against PyTorch, or for the steps that separate the two
+            files against a reference.
+        rtol: Relative tolerance, likewise.
         policy: How ONNX Runtime sessions are made.
         progress: Told when each stage (read, build, torch, reference, onnx) starts and finishes.
 
@@ -206,50 +270,75 @@ def verify(
         target = _Side.read(Path(model))
         other = _Side.read(Path(reference)) if reference is not None else None
     record = target.model.record
-    dtype = record.dtype if record is not None else "float32"
-    atol = (VERIFY_ATOL if dtype == "float32" else CHECK_TOLERANCE[dtype][0]) if atol is None else atol
-    rtol = (VERIFY_RTOL if dtype == "float32" else CHECK_TOLERANCE[dtype][1]) if rtol is None else rtol
+    notes: list[str] = []
+    if other is not None:
+        default = _tolerance.between(other.model.arithmetic, target.model.arithmetic)
+        if default == _tolerance.SAME_ARITHMETIC:  # two files computing alike still run different sessions
+            default = _tolerance.against_torch("float32")
+    else:
+        default = _tolerance.against_torch(*target.model.arithmetic)
+    tolerance = _tolerance.overridden(default, atol, rtol)
     if other is not None:
         if record is not None and other.model.record is not None and record.model_type != other.model.record.model_type:
             raise ModelSourceError(
                 f"{other.model.path.name} is a {other.model.record.model_type} model, but {target.model.path.name} a "
                 f"{record.model_type} one; compare two exports of the same source"
             )
-        feeds = _feeds.run_feeds(target.model.proto, record, inputs=inputs, text=text)
+        feeds = _feeds.run_feeds(
+            target.model.proto, record, inputs=inputs, text=text, location=target.model.path.parent
+        )
         with clock("reference"):
-            expected = other.run(feeds, policy, also=target.model.produced)
+            expected = other.run(feeds, policy, notes, also=target.model.produced)
         with clock("onnx"):
-            actual = target.run(feeds, policy)
+            actual = target.run(feeds, policy, notes)
         derivation = derive(other.model.hierarchy, target.model.hierarchy)
-        calls = _account(_compare_onnx(target, other, actual, expected, atol, rtol, derivation), other, derivation)
-        notices = tuple(n for side in (target, other) if (n := side.model.hierarchy.untagged_notice()))
+        calls = _account(_compare_onnx(target, other, actual, expected, tolerance, derivation), other, derivation)
+        notices = (
+            *dict.fromkeys(notes),
+            *(n for side in (target, other) if (n := side.model.hierarchy.untagged_notice())),
+        )
+        returned = [o.name for o in target.model.proto.graph.output if o.name in expected]
+        outputs = _compare.compare(expected, actual, tolerance, returned, "; ".join(dict.fromkeys(notes)) or None)
         return VerifyResult(
-            target.model.path, str(reference), atol, rtol, tuple(calls), _shapes(feeds), notices, target.parents()
+            target.model.path,
+            str(reference),
+            tolerance,
+            tuple(calls),
+            _shapes(feeds),
+            notices,
+            target.parents(),
+            outputs,
         )
 
-    from onnx_hierarchy.hf._generation import installed  # torch and transformers: only when compared with them
+    from onnx_hierarchy.hf._flat_cache import installed  # torch and transformers: only when compared with them
     from onnx_hierarchy.hf._rebuild import rebuild
 
     with clock("build"):
         rebuilt = rebuild(target.model, source)
         spec, warnings = rebuilt.spec, rebuilt.warnings
-        feeds = _feeds.run_feeds(target.model.proto, record, inputs=inputs, text=text, source=spec)
+        feeds = _feeds.run_feeds(
+            target.model.proto, record, inputs=inputs, text=text, source=spec, location=target.model.path.parent
+        )
     with clock("torch"), installed(rebuilt.model, rebuilt.part) as torch_model:
         python_names = rebuilt.part.python_names() if rebuilt.part is not None else {}
         recorded, input_identities = _record_calls(torch_model, feeds, python_names)
     with clock("onnx"):
-        actual = target.run(feeds, policy)
-    calls = _compare_torch(target, recorded, input_identities, actual, atol, rtol)
+        actual = target.run(feeds, policy, notes)
+    calls = _compare_torch(target, recorded, input_identities, actual, tolerance)
+    judged = next((c.comparison for c in calls if c.module == "" and c.status in _JUDGED), None)
     return VerifyResult(
         target.model.path,
         f"PyTorch ({spec})",
-        atol,
-        rtol,
+        tolerance,
         tuple(calls),
         _shapes(feeds),
-        (*warnings, *filter(None, [target.model.hierarchy.untagged_notice()])),
+        (*warnings, *dict.fromkeys(notes), *filter(None, [target.model.hierarchy.untagged_notice()])),
         target.parents(),
+        judged if judged is None or not notes else dataclasses.replace(judged, note="; ".join(dict.fromkeys(notes))),
     )
+
+
+_JUDGED = (CallStatus.OK, CallStatus.OVER)
 
 
 def _shapes(feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -274,14 +363,14 @@ class _Side:
         return {path: record.parent for path, record in self.model.hierarchy.modules.items()}
 
     def run(
-        self, feeds: Mapping[str, np.ndarray], policy: SessionPolicy, also: Iterable[str] = ()
+        self, feeds: Mapping[str, np.ndarray], policy: SessionPolicy, notes: list[str], also: Iterable[str] = ()
     ) -> dict[str, np.ndarray]:
         """Runs the model once, with every value leaving a module call exposed, and those of ``also`` that
-        the model computes."""
+        the model computes; how it ran when not as written goes to ``notes``."""
         names = [name for names in self.boundaries.outputs.values() for name in names]
         names += sorted(set(also) & self.model.produced)
         try:
-            return _session.run(self.model.proto, self.model.path.parent, feeds, names, policy)
+            return _session.run(self.model.proto, self.model.path.parent, feeds, names, policy, notes)
         except _session.RuntimeFailure as failure:
             raise ModelFileError(f"{self.model.path}: {failure}") from failure
 
@@ -370,8 +459,7 @@ def _compare_torch(
     recorded: Sequence[_TorchCall],
     input_identities: Mapping[tuple[Any, ...], str],
     actual: Mapping[str, np.ndarray],
-    atol: float,
-    rtol: float,
+    tolerance: Tolerance,
 ) -> list[CallComparison]:
     boundaries = target.boundaries
     modules = target.model.hierarchy.modules
@@ -412,7 +500,7 @@ def _compare_torch(
             else:
                 pairs.append((name, tensor.numpy()))
         has_nodes = bool(boundaries.outputs.get((module, torch_call.call)))
-        results.append(_compared(module, cls, call, pairs, actual, unpaired, atol, rtol, has_nodes))
+        results.append(_compared(module, cls, call, pairs, actual, unpaired, tolerance, has_nodes))
     return results
 
 
@@ -494,8 +582,7 @@ def _compared(
     pairs: Sequence[tuple[str, np.ndarray]],
     actual: Mapping[str, np.ndarray],
     unpaired: Sequence[tuple[int, ...]],
-    atol: float,
-    rtol: float,
+    tolerance: Tolerance,
     has_nodes: bool,
 ) -> CallComparison:
     if not pairs:
@@ -509,15 +596,10 @@ def _compared(
         else:
             reason = "no nodes in the ONNX graph, and its output is not the output of another module call"
         return CallComparison(module, cls, call, CallStatus.NOT_COMPARABLE, reason=reason)
-    abs_error = rel_error = 0.0
-    within = True
-    for name, expected in pairs:
-        errors = _compare.errors(actual[name], expected, atol, rtol)
-        abs_error, rel_error = max(abs_error, errors[0]), max(rel_error, errors[1])
-        within = within and errors[2]
+    comparison = _compare.compare(dict(pairs), actual, tolerance)
     partial = f"{len(unpaired)} output(s) without an ONNX value" if unpaired else None
-    status = CallStatus.OK if within else CallStatus.OVER
-    return CallComparison(module, cls, call, status, abs_error, rel_error, tuple(n for n, _ in pairs), partial)
+    status = CallStatus.OK if comparison.passed else CallStatus.OVER
+    return CallComparison(module, cls, call, status, comparison, partial)
 
 
 def _compare_onnx(
@@ -525,8 +607,7 @@ def _compare_onnx(
     other: _Side,
     actual: Mapping[str, np.ndarray],
     expected: Mapping[str, np.ndarray],
-    atol: float,
-    rtol: float,
+    tolerance: Tolerance,
     derivation: Derivation,
 ) -> list[CallComparison]:
     """Module calls of ``target`` against the same calls of ``other``.
@@ -569,5 +650,5 @@ def _compare_onnx(
                 unpaired.append(shape)
             else:
                 pairs.append((name, expected[match]))
-        results.append(_compared(module, record.cls, call, pairs, actual, unpaired, atol, rtol, True))
+        results.append(_compared(module, record.cls, call, pairs, actual, unpaired, tolerance, True))
     return results

@@ -2,7 +2,8 @@
 (function () {
   "use strict";
   const data = JSON.parse(document.getElementById("report-data").textContent);
-  const modules = data.modules;  // [path, class, parent, own, nodes, params, calls, ops, sources, ms, error, other]
+  // [path, class, parent, own, nodes, params, calls, ops, sources, ms, error, other, [status, detail, ratio]]
+  const modules = data.modules;
   const children = modules.map(() => []);
   modules.forEach((m, i) => { if (m[2] !== null) children[m[2]].push(i); });
   const rows = [];
@@ -14,6 +15,12 @@
     if (value === null || value === undefined || !max) return "";
     const light = 100 - Math.round(45 * (value / max));
     return `background: hsl(${hue}, 80%, ${light}%)`;
+  }
+
+  // Errors shade by how far along their tolerance they are (over tolerance: full colour), else by size.
+  function errorShade(m) {
+    const ratio = m[12] ? m[12][2] : null;
+    return ratio === null || ratio === undefined ? shade(m[10], maxError, 270) : shade(Math.min(ratio, 1), 1, 270);
   }
 
   function text(value) { return value === null || value === undefined ? "" : String(value); }
@@ -31,7 +38,8 @@
       `<td style="padding-left:${6 + 14 * depth}px"><span class="toggle"></span><span class="name"></span> ` +
       `<span class="cls"></span></td><td class="num"></td><td class="num"></td><td class="num"></td>` +
       `<td class="num"></td><td class="num" style="${shade(m[9], maxMs, 10)}"></td>` +
-      `<td class="num" style="${shade(m[10], maxError, 270)}"></td><td class="ops"></td><td class="other"></td>`;
+      `<td class="num" style="${errorShade(m)}"></td><td class="status"></td><td class="ops"></td>` +
+      `<td class="other"></td>`;
     const cells = tr.children;
     tr.querySelector(".name").textContent = name;
     tr.querySelector(".name").title = m[0];
@@ -42,8 +50,14 @@
     cells[4].textContent = sources;
     cells[5].textContent = m[9] === null ? "" : m[9].toFixed(3);
     cells[6].textContent = m[10] === null ? "" : m[10].toExponential(1);
-    cells[7].textContent = ops;
-    if (m[11]) { cells[8].textContent = m[11][0] === null ? "absent" : m[11][0]; cells[8].title = m[11][1]; }
+    if (m[12]) {
+      const [status, detail] = m[12];
+      cells[7].textContent = status;
+      cells[7].classList.add(status === "over" || status === "ok" ? status : "other");
+      cells[6].title = cells[7].title = detail;
+    }
+    cells[8].textContent = ops;
+    if (m[11]) { cells[9].textContent = m[11][0] === null ? "absent" : m[11][0]; cells[9].title = m[11][1]; }
     tr.querySelector(".toggle").textContent = children[index].length ? "▸" : "";
     body.appendChild(tr);
     rows[index] = tr;
@@ -52,6 +66,15 @@
 
   modules.forEach((m, i) => { if (m[2] === null) row(i, 0); });
   const expanded = new Set([0]);
+
+  // Columns nothing fills (no profile: no time; no verify: no error or status) are left out.
+  const table = document.getElementById("modules");
+  const headers = table.querySelectorAll("thead th");
+  headers.forEach((th, column) => {
+    if (rows.some((tr) => tr.children[column].textContent !== "")) return;
+    th.style.display = "none";
+    rows.forEach((tr) => { tr.children[column].style.display = "none"; });
+  });
 
   function visible(index) {
     for (let p = modules[index][2]; p !== null; p = modules[p][2]) if (!expanded.has(p)) return false;
@@ -91,7 +114,6 @@
     tr.classList.add("selected");
     showGraph(index);
   });
-  refresh("");
 
   // One module's data flow: its nodes in nested clusters, the values entering and leaving it.
   const nodes = data.nodes;  // [name, op, module index, inputs, outputs]
@@ -182,6 +204,30 @@
       add(group, "title", {}).textContent = id.slice(id.indexOf(":") + 1);
     });
     panel.appendChild(svg);
+  }
+
+  // Open on what the reader came for: the first module over tolerance or the hottest path, shown and
+  // selected with its data flow drawn; otherwise as many levels as fit on a screen.
+  const focus = data.focus === null ? -1 : modules.findIndex((m) => m[0] === data.focus);
+  if (focus >= 0) {
+    for (let p = modules[focus][2]; p !== null; p = modules[p][2]) expanded.add(p);
+  } else {
+    const FIT = 40;
+    let level = children[0] || [];
+    while (level.length) {
+      const shown = modules.filter((m, i) => visible(i)).length;
+      const opening = level.filter((i) => children[i].length);
+      const added = opening.reduce((n, i) => n + children[i].length, 0);
+      if (!added || shown + added > FIT) break;
+      opening.forEach((i) => expanded.add(i));
+      level = opening.flatMap((i) => children[i]);
+    }
+  }
+  refresh("");
+  if (focus >= 0) {
+    rows[focus].classList.add("selected");
+    rows[focus].scrollIntoView({ block: "center" });
+    showGraph(focus);
   }
   window.onnxHierarchyReport = { showGraph };
 })();
