@@ -85,6 +85,31 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
 
 
 @pytest.fixture(scope="session")
+def llama_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama checkpoint as save_pretrained writes it (cache on, seed 3), with a word-level tokenizer
+    (``w0`` .. ``wN``) beside it, so that text and tokenizer files work offline."""
+    import tokenizers
+    import torch
+    import transformers
+
+    config = tiny_config("llama")
+    config.use_cache = True
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        model = transformers.LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("llama-checkpoint")
+    model.save_pretrained(folder)
+    words = ["[UNK]"] + [f"w{i}" for i in range(1, config.vocab_size)]
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, "[UNK]"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", model_input_names=["input_ids", "attention_mask"]
+    )
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def smollm2() -> Path:
     """SmolLM2-135M-Instruct, a real trained decoder with its tokenizer and chat template, as a GGUF file."""
     from smollm2 import smollm2_gguf

@@ -9,12 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tokenizers
-import torch
-import transformers
 
 import onnx_hierarchy
-from architectures import tiny_config
 from conftest import Exported
 from onnx_hierarchy import schema
 from onnx_hierarchy.core._reading import read_proto
@@ -30,35 +26,18 @@ _PIECES = {
 }
 
 
-def _with_tokenizer(folder: Path, vocab_size: int) -> None:
-    """A word-level tokenizer (``w0`` .. ``wN``) saved beside a checkpoint, so that ``--text`` works offline."""
-    words = ["[UNK]"] + [f"w{i}" for i in range(1, vocab_size)]
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, "[UNK]"))
-    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", model_input_names=["input_ids", "attention_mask"]
-    )
-    fast.save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
-def files(exported: Callable[[str], Exported], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def files(
+    exported: Callable[[str], Exported], llama_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     """Every kind of file, each beside the model it was made from: tiny BERT and Llama exports, a Llama
     with-past export (its checkpoint has a tokenizer), pieces of them, and an assembled BERT."""
     folder = tmp_path_factory.mktemp("feeds")
     made = {name: folder / f"{name}.onnx" for name in ("bert", "llama")}
     for name, path in made.items():
         shutil.copy(exported(name).result.output, path)  # type: ignore[attr-defined]
-    config = tiny_config("llama")
-    config.use_cache = True
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        model = transformers.LlamaForCausalLM(config)
-    checkpoint = folder / "checkpoint"
-    model.save_pretrained(checkpoint)
-    _with_tokenizer(checkpoint, config.vocab_size)
     made["with-past"] = folder / "with-past.onnx"
-    onnx_hierarchy.export(checkpoint, made["with-past"], task="text-generation-with-past", check=False)
+    onnx_hierarchy.export(llama_checkpoint, made["with-past"], task="text-generation-with-past", check=False)
     for name, (whole, module, standalone) in _PIECES.items():
         made[name] = folder / f"{name}.onnx"
         onnx_hierarchy.extract(made[whole], module, made[name], standalone=standalone)

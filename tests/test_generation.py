@@ -4,6 +4,8 @@ with the exported cache giving exactly transformers' tokens."""
 from __future__ import annotations
 
 import ast
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,7 +136,11 @@ def test_verify_feeds_pytorch_the_same_cache_and_pieces_reproduce_the_whole(
 
 
 def test_generation_bad_input_is_one_line_and_exit_2(
-    checkpoint: Callable[[str], Path], config_dir: Callable[[str], Path], tmp_path: Path, run_cli: RunCli
+    checkpoint: Callable[[str], Path],
+    config_dir: Callable[[str], Path],
+    llama_with_past: Path,
+    tmp_path: Path,
+    run_cli: RunCli,
 ) -> None:
     # -with-past for a model without a cache (encoder-only)
     bert = str(config_dir("bert"))
@@ -161,13 +167,17 @@ def test_generation_bad_input_is_one_line_and_exit_2(
     code, out, err = run_cli(["generate", str(with_past), "--prompt", "hello"])
     assert code == 2 and "no tokenizer" in err and not out
     assert len(err.strip().splitlines()) == 1
+    ids = ["--inputs", str(tmp_path / "ids.npz")]
+    code, out, err = run_cli(["generate", str(with_past), *ids, "--reference", str(plain)])
+    assert code == 2 and "not a with-past export" in err and not out
+    code, out, err = run_cli(["generate", str(with_past), *ids, "--reference", str(llama_with_past)])
+    assert code == 2 and "an export of a LlamaForCausalLM, not of a GPT2LMHeadModel" in err and not out
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_generate_cli_prints_both_continuations(
     checkpoint: Callable[[str], Path], tmp_path: Path, run_cli: RunCli
 ) -> None:
-    import json
-
     output = tmp_path / "model.onnx"
     onnx_hierarchy.export(checkpoint("qwen2"), output, task="text-generation-with-past", check=False)
     np.savez(tmp_path / "ids.npz", **_prompt("qwen2"))
@@ -199,3 +209,132 @@ def test_a_folder_export_replaces_every_part_of_an_earlier_one(
     single = tmp_path / "t5.onnx"
     code, _, err = run_cli(["export", str(checkpoint("t5")), str(single), "--task", "text2text-generation"])
     assert code == 2 and "give a folder" in err and not single.exists()
+
+
+@pytest.fixture(scope="module")
+def llama_with_past(checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama checkpoint's with-past export, and its prompt beside it as ``prompt.npz``."""
+    output = tmp_path_factory.mktemp("llama-with-past") / "model.onnx"
+    onnx_hierarchy.export(checkpoint("llama"), output, task="text-generation-with-past", check=False)
+    np.savez(output.parent / "prompt.npz", **_prompt("llama"))
+    return output
+
+
+def _with_eos(folder: Path, eos: int, output: Path) -> Path:
+    """A copy of a saved checkpoint whose configuration and generation configuration end sequences at ``eos``."""
+    shutil.copytree(folder, output)
+    for name in ("config.json", "generation_config.json"):
+        data = json.loads((output / name).read_text())
+        data["eos_token_id"] = eos
+        (output / name).write_text(json.dumps(data))
+    return output
+
+
+def _agreeing(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    count = 0
+    while count < min(len(a), len(b)) and a[count] == b[count]:
+        count += 1
+    return count
+
+
+def test_ignore_eos_and_min_new_tokens_force_the_length_with_transformers_tokens(
+    checkpoint: Callable[[str], Path], llama_with_past: Path, tmp_path: Path, run_cli: RunCli
+) -> None:
+    prompt = _prompt("llama")
+    free = onnx_hierarchy.generate(llama_with_past, inputs=prompt, max_new_tokens=12, reference=False).onnx.tokens
+    # An end of sequence the model generates early: the first token not generated before it.
+    stop_at = next(i for i in range(1, len(free)) if free[i] not in free[:i])
+    eos = free[stop_at]
+    source = str(_with_eos(checkpoint("llama"), eos, tmp_path / "eos-checkpoint"))
+
+    stopped = onnx_hierarchy.generate(llama_with_past, inputs=prompt, max_new_tokens=12, source=source)
+    assert stopped.identical and stopped.onnx.tokens == free[: stop_at + 1]  # the end of sequence stops both sides
+    forced = onnx_hierarchy.generate(
+        llama_with_past, inputs=prompt, max_new_tokens=12, min_new_tokens=12, source=source
+    )
+    assert forced.identical, (forced.onnx.tokens, forced.torch)
+    assert (
+        len(forced.onnx.tokens) == 12
+        and eos not in forced.onnx.tokens
+        and forced.onnx.tokens[:stop_at] == free[:stop_at]
+    )
+    at_least = onnx_hierarchy.generate(
+        llama_with_past, inputs=prompt, max_new_tokens=12, min_new_tokens=stop_at + 2, source=source
+    )
+    assert at_least.identical and len(at_least.onnx.tokens) >= stop_at + 2
+    assert eos not in at_least.onnx.tokens[: stop_at + 2]
+
+    base = ["generate", str(llama_with_past), "--inputs", str(llama_with_past.parent / "prompt.npz"), "--model", source]
+    code, out, err = run_cli([*base, "--max-new-tokens", "12", "--ignore-eos", "--format", "json"])
+    data = json.loads(out)
+    assert code == 0, err
+    assert (
+        data["onnx"]["tokens"] == data["torch"]["tokens"] == list(forced.onnx.tokens) and data["min_new_tokens"] == 12
+    )
+    code, out, err = run_cli([*base, "--max-new-tokens", "12", "--ignore-eos", "--no-reference"])
+    assert code == 0 and "ignored (--ignore-eos)" in out
+    code, _, err = run_cli([*base, "--ignore-eos", "--min-new-tokens", "3"])
+    assert code == 2 and "drop --min-new-tokens" in err
+    code, _, err = run_cli([*base, "--max-new-tokens", "4", "--min-new-tokens", "5"])
+    assert code == 2 and "--min-new-tokens must be between 0 and --max-new-tokens (4)" in err
+
+
+def test_reference_export_reports_how_long_the_tokens_agree(
+    llama_with_past: Path, tmp_path: Path, run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnx_hierarchy.hf import _rebuild
+    from weights import scaled_weight
+
+    def no_pytorch(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("--reference OTHER built the PyTorch model")
+
+    monkeypatch.setattr(_rebuild, "rebuild", no_pytorch)
+    prompt, new = _prompt("llama"), 24
+    itself = onnx_hierarchy.generate(llama_with_past, inputs=prompt, max_new_tokens=new, reference=llama_with_past)
+    assert itself.torch is None and itself.reference_onnx is not None and itself.agreement is not None
+    assert itself.identical and itself.agreement.length == len(itself.onnx.tokens) == new
+    assert itself.reference_onnx.tokens == itself.onnx.tokens
+
+    int4 = tmp_path / "int4.onnx"
+    onnx_hierarchy.optimize(llama_with_past, int4, quantize="int4")
+    scaled = scaled_weight(llama_with_past, "model.layers.0.self_attn.v_proj", tmp_path / "scaled.onnx", 1.2)
+    for changed in (int4, scaled):
+        other = onnx_hierarchy.generate(
+            changed, inputs=prompt, max_new_tokens=new, min_new_tokens=new, reference=llama_with_past
+        )
+        assert other.reference_onnx is not None and other.agreement is not None
+        ours, theirs = other.onnx.tokens, other.reference_onnx.tokens
+        length = _agreeing(ours, theirs)
+        assert 0 < length < new, (changed, ours, theirs)  # departs after some agreement
+        assert other.agreement.length == other.first_difference == length and other.identical is False
+        assert (other.agreement.onnx_token, other.agreement.reference_token) == (ours[length], theirs[length])
+        data = other.to_json()
+        assert data["agreement"]["length"] == length and data["reference"] == str(llama_with_past)
+    changed = scaled  # the CLI on the last file compared: length, ours and theirs are its
+
+    base = ["generate", "--inputs", str(llama_with_past.parent / "prompt.npz"), "--max-new-tokens", str(new)]
+    code, out, err = run_cli(
+        [*base, str(changed), "--reference", str(llama_with_past), "--ignore-eos", "--format", "json"]
+    )
+    data = json.loads(out)
+    assert code == 0, err
+    assert data["agreement"]["length"] == _agreeing(
+        tuple(data["onnx"]["tokens"]), tuple(data["reference_onnx"]["tokens"])
+    )
+    assert data["agreement"]["length"] == length and data["torch"] is None
+    code, out, _ = run_cli([*base, str(changed), "--reference", str(llama_with_past), "--ignore-eos"])
+    assert (
+        code == 0
+        and f"different from new token {length} ({length} agree): {ours[length]} against {theirs[length]}" in out
+    )
+    code, _, _ = run_cli(
+        [*base, str(changed), "--reference", str(llama_with_past), "--ignore-eos", "--require-identical"]
+    )
+    assert code == 1
+    code, out, _ = run_cli([*base, str(llama_with_past), "--reference", str(llama_with_past), "--require-identical"])
+    assert code == 0 and f"identical: {new} tokens" in out
+
+    code, _, err = run_cli([*base, str(changed), "--reference", str(llama_with_past), "--no-reference"])
+    assert code == 2 and "give one" in err
+    code, _, err = run_cli([*base, str(changed), "--require-identical"])
+    assert code == 2 and "goes with --reference" in err

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from onnx_hierarchy.deriving._optimize import OptimizeResult, OptimizeStep, optimize
     from onnx_hierarchy.deriving._retag import RetagResult, retag
     from onnx_hierarchy.exporting._export import ExportResult, PartResult, export
-    from onnx_hierarchy.generation._generate import Continuation, GenerateResult, generate
+    from onnx_hierarchy.generation._generate import Agreement, Continuation, GenerateResult, generate
     from onnx_hierarchy.hf._shapes import InputShapes
     from onnx_hierarchy.inspection._dag import Dag, Edge, dag
     from onnx_hierarchy.inspection._diff import Diff, Fusion, ModuleDiff, diff
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from onnx_hierarchy.verification._verify import CallComparison, CallStatus, VerifyResult, verify
 
 __all__ = [
+    "Agreement",
     "AssembleResult",
     "Boundary",
     "CallComparison",
@@ -130,6 +131,7 @@ _LAZY = {
     "retag": "onnx_hierarchy.deriving._retag",
     "ExportResult": "onnx_hierarchy.exporting._export",
     "PartResult": "onnx_hierarchy.exporting._export",
+    "Agreement": "onnx_hierarchy.generation._generate",
     "Continuation": "onnx_hierarchy.generation._generate",
     "GenerateResult": "onnx_hierarchy.generation._generate",
     "generate": "onnx_hierarchy.generation._generate",

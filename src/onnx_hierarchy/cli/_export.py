@@ -80,8 +80,11 @@ def export_command(
     """Export MODEL (Hub id, checkpoint folder, GGUF file or config.json) to OUTPUT.onnx with hierarchy tags.
 
     \b
-    Seq2seq generation tasks write a folder (encoder_model.onnx, ...):
+    Seq2seq generation tasks write a folder (encoder_model.onnx, ...); a with-past
+    decoder exported to a name without .onnx is a folder onnxruntime-genai and
+    Optimum load as is (model.onnx, genai_config.json, config, tokenizer):
       onnx-hierarchy export ./ckpt model.onnx --task text-generation-with-past
+      onnx-hierarchy export ./ckpt ckpt-genai --task text-generation-with-past
       onnx-hierarchy export ./t5 t5-onnx/ --task text2text-generation-with-past
     """
     from onnx_hierarchy.exporting._export import export
@@ -120,6 +123,8 @@ def _render(result: ExportResult, show_tree: bool) -> Group:
     record = result.record
     summary = Table.grid(padding=(0, 2))
     summary.add_row("output", escape(str(result.output)))
+    if result.output.is_dir():
+        summary.add_row("files", escape(", ".join(sorted(str(f.relative_to(result.output)) for f in result.files))))
     weights = {"none": "no weights: structure only"}.get(record.weights, f"{record.weights} {record.dtype} weights")
     if record.new_parameters:
         weights += f", {len(record.new_parameters)} new parameter(s) drawn from seed {record.seed}"

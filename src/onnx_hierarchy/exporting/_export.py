@@ -20,7 +20,7 @@ from onnx_hierarchy.core._traversal import ir_nodes
 from onnx_hierarchy.errors import InputSpecError, TraceError
 from onnx_hierarchy.exporting import _conversion
 from onnx_hierarchy.exporting._check import compare_with_torch
-from onnx_hierarchy.hf import _flat_cache, _inputs, _module_tree, _source
+from onnx_hierarchy.hf import _deploy, _flat_cache, _inputs, _module_tree, _source
 from onnx_hierarchy.hf._shapes import InputShapes, check_sizes
 from onnx_hierarchy.runtime import _tolerance
 from onnx_hierarchy.runtime._compare import Comparison
@@ -77,8 +77,8 @@ class ExportResult:
     """What ``export`` wrote and what it found.
 
     Attributes:
-        output: The ONNX file, or the folder of a generation export with several parts.
-        files: Every file written (ONNX, external data, sidecar).
+        output: The ONNX file, or the folder of a seq2seq generation export or of a deployable decoder.
+        files: Every file written (ONNX, external data, sidecar; a deployable folder's configs and tokenizer).
         parts: Each ONNX file with its own record, counts and check; one for a plain export.
         stages: Time spent in each stage.
         warnings: Things the user should know (static fallback, no KV cache, random weights).
@@ -195,8 +195,10 @@ def export(
         model: Hub id, local checkpoint folder, or a folder / ``config.json`` without weights
             (random weights from ``seed``).
         output: The ONNX file to write; for seq2seq generation tasks, the folder of Optimum's layout
-            (``encoder_model.onnx``, ``decoder_model.onnx``, ``decoder_with_past_model.onnx``). Nothing is
-            left there if the export fails.
+            (``encoder_model.onnx``, ``decoder_model.onnx``, ``decoder_with_past_model.onnx``); for a
+            with-past decoder, a name without ``.onnx`` writes the deployable folder onnxruntime-genai and
+            Optimum load (``model.onnx``, ``genai_config.json``, ``config.json``, ``generation_config.json``,
+            the tokenizer files: ``hf._deploy``). Nothing is left there if the export fails.
         task: optimum-style task or transformers class; default: ``config.architectures[0]``, else the
             base model. ``text-generation-with-past`` and the other ``-with-past`` tasks export the KV cache
             as inputs and outputs.
@@ -233,7 +235,9 @@ def export(
         task_name, model_class = _source.resolve_model_class(source.config, base_task)
         if input_spec is None:  # a structure-only export allocates nothing: only the positions matter
             check_sizes(source.config, shapes, available=0 if structure_only else None)
-        folder = _flat_cache.writes_folder(task_name)  # seq2seq generation: encoder and decoders
+        # A with-past decoder into a name without .onnx: the folder onnxruntime-genai and Optimum load.
+        deployable = with_past and _flat_cache.GENERATIVE_TASKS.get(task_name) == "decoder" and output.suffix != ".onnx"
+        folder = deployable or _flat_cache.writes_folder(task_name)  # seq2seq generation: encoder and decoders
         generation = with_past or folder
         replaced = False
         if folder:
@@ -301,6 +305,8 @@ def export(
             result, files = _export_part(torch_model, part, staging / f"{part.name}.onnx", settings, clock, notes)
             results.append(result)
             written.extend(files)
+        if deployable:
+            written.extend(_deploy.write_deployment(staging, torch_model, source, results[0].record))
     moved = [output / f.relative_to(staging) for f in written]
     for name in set(_flat_cache.SEQ2SEQ_PARTS) - {str(p.name) for p in parts}:  # parts of an earlier export
         stale = output / f"{name}.onnx"

@@ -4,10 +4,16 @@ An export with past is only useful if a runtime loop can drive it: the prompt on
 then one token at a time with the presents fed back as the next past. This runs exactly that loop (the
 loop Optimum's ORTModelForCausalLM / ORTModelForSeq2SeqLM run) and the same greedy decoding in PyTorch
 with transformers' own ``generate()``, so the tokens can be compared one for one. Both sides decode
-greedily and stop at the model's end-of-sequence tokens; other generation settings of a checkpoint
-(penalties, forced tokens) are applied on neither side. Without the reference (``reference=False``) only
-ONNX Runtime runs: the source gives its tokenizer and configuration, no PyTorch model is built, and each
-token is handed to ``on_token`` as it comes.
+greedily and stop at the model's end-of-sequence tokens, except that these are suppressed (their logits
+set to minus infinity, as transformers' ``min_new_tokens`` does) for the first ``min_new_tokens`` tokens,
+so that a benchmark can force a length; other generation settings of a checkpoint (penalties, forced
+tokens) are applied on neither side. Without the reference (``reference=False``) only ONNX Runtime runs:
+the source gives its tokenizer and configuration, no PyTorch model is built, and each token is handed to
+``on_token`` as it comes. Against another export of the same source (``reference=OTHER``: an int4 file
+against its float32 export) both run the same loop in ONNX Runtime, and what counts is how many leading
+tokens agree, since a quantized file is not expected to decode the float tokens forever. A deployable
+folder can also be decoded by onnxruntime-genai (``runtime="genai"``) instead of this loop, the runtime
+such folders ship to, compared with the same reference.
 
 torch and transformers are imported only once the arguments are known to be good, so a bad call fails
 at once.
@@ -15,6 +21,7 @@ at once.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,13 +33,24 @@ import numpy as np
 
 from onnx_hierarchy.core._progress import ProgressCallback, StageClock
 from onnx_hierarchy.core._tagged import TaggedModel
-from onnx_hierarchy.errors import InputSpecError, ModelFileError
+from onnx_hierarchy.errors import InputSpecError, MissingExtraError, ModelFileError, summarize
 from onnx_hierarchy.generation._limits import DEFAULT_NEW_TOKENS
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy, session
 
-__all__ = ["Continuation", "GenerateResult", "TokenCallback", "decode_decoder", "generate"]
+__all__ = [
+    "RUNTIMES",
+    "Agreement",
+    "Continuation",
+    "GenerateResult",
+    "TokenCallback",
+    "decode_decoder",
+    "decode_genai",
+    "generate",
+]
 
 _PURPOSE = "to tag it, then generate"
+# What decodes the export: our loop in ONNX Runtime, or onnxruntime-genai on a deployable folder.
+RUNTIMES = ("ort", "genai")
 
 # Told of each new token as ONNX Runtime decodes it, with the text of all new tokens so far (``None``
 # when the source has no tokenizer).
@@ -67,8 +85,69 @@ class Continuation:
 
 
 @dataclass(frozen=True)
+class Agreement:
+    """How long the export's tokens agree with the reference's, and where they first differ.
+
+    A quantized file departs from its float export within a few tokens, as onnxruntime-genai's int4 does
+    from its float32: the length of the agreement, not identity, is what tells two such files apart.
+
+    Attributes:
+        length: Leading new tokens both sides generated identically.
+        identical: Whether both sides generated the same tokens, as many of them.
+        onnx_token: At the first difference, the export's token (``None``: it had stopped, at an end of sequence).
+        reference_token: At the first difference, the reference's token (likewise).
+        onnx_text: ``onnx_token`` decoded, when the source has a tokenizer.
+        reference_text: ``reference_token`` decoded, likewise.
+    """
+
+    length: int
+    identical: bool
+    onnx_token: int | None = None
+    reference_token: int | None = None
+    onnx_text: str | None = None
+    reference_text: str | None = None
+
+    @property
+    def first_difference(self) -> int | None:
+        """Position of the first new token where the two sides differ; ``None`` when identical."""
+        return None if self.identical else self.length
+
+    @classmethod
+    def of(cls, onnx: Sequence[int], reference: Sequence[int], tokenizer: Any = None) -> Agreement:
+        length = 0
+        for a, b in zip(onnx, reference, strict=False):
+            if a != b:
+                break
+            length += 1
+        if length == len(onnx) == len(reference):
+            return cls(length, identical=True)
+        ours = onnx[length] if length < len(onnx) else None
+        theirs = reference[length] if length < len(reference) else None
+        return cls(
+            length,
+            identical=False,
+            onnx_token=ours,
+            reference_token=theirs,
+            onnx_text=None if ours is None else _decode(tokenizer, [ours]),
+            reference_text=None if theirs is None else _decode(tokenizer, [theirs]),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "length": self.length,
+            "identical": self.identical,
+            "first_difference": self.first_difference,
+            "onnx_token": self.onnx_token,
+            "reference_token": self.reference_token,
+            "onnx_text": self.onnx_text,
+            "reference_text": self.reference_text,
+        }
+
+
+@dataclass(frozen=True)
 class GenerateResult:
-    """Greedy decoding of one prompt by the ONNX export and, unless left out, by PyTorch.
+    """Greedy decoding of one prompt by the ONNX export and, unless left out, by a reference: PyTorch, or
+    another export of the same source.
 
     Attributes:
         export: The with-past file or folder.
@@ -76,8 +155,16 @@ class GenerateResult:
         prompt: The prompt text, when text was given.
         prompt_tokens: Tokens (or encoder input positions) of the prompt.
         max_new_tokens: The most tokens either side could add.
+        min_new_tokens: New tokens before which end-of-sequence tokens were suppressed (``max_new_tokens``:
+            all of them, the length forced).
         onnx: What ONNX Runtime generated.
-        torch: What transformers' ``generate()`` generated; ``None`` when run without the reference.
+        torch: What transformers' ``generate()`` generated; ``None`` when compared with another export or
+            with nothing.
+        reference: The other export compared with, when one was.
+        reference_onnx: What ONNX Runtime generated with ``reference``.
+        agreement: How the export's tokens agree with the reference's (PyTorch's or the other export's);
+            ``None`` without a reference.
+        runtime: What decoded ``export``: ``ort``, our loop in ONNX Runtime; ``genai``, onnxruntime-genai.
     """
 
     export: Path
@@ -87,33 +174,38 @@ class GenerateResult:
     max_new_tokens: int
     onnx: Continuation
     torch: Continuation | None
+    min_new_tokens: int = 0
+    reference: Path | None = None
+    reference_onnx: Continuation | None = None
+    agreement: Agreement | None = None
+    runtime: str = "ort"
 
     @property
     def identical(self) -> bool | None:
-        """Whether both sides generated the same tokens; ``None`` without the reference."""
-        return None if self.torch is None else self.onnx.tokens == self.torch.tokens
+        """Whether both sides generated the same tokens; ``None`` without a reference."""
+        return None if self.agreement is None else self.agreement.identical
 
     @property
     def first_difference(self) -> int | None:
         """Position of the first new token where the two sides differ."""
-        if self.torch is None:
-            return None
-        for index, (a, b) in enumerate(zip(self.onnx.tokens, self.torch.tokens, strict=False)):
-            if a != b:
-                return index
-        return None if self.identical else min(len(self.onnx.tokens), len(self.torch.tokens))
+        return None if self.agreement is None else self.agreement.first_difference
 
     def to_json(self) -> dict[str, Any]:
         return {
             "export": str(self.export),
             "files": [str(f) for f in self.files],
+            "runtime": self.runtime,
             "prompt": self.prompt,
             "prompt_tokens": self.prompt_tokens,
             "max_new_tokens": self.max_new_tokens,
+            "min_new_tokens": self.min_new_tokens,
             "identical": self.identical,
             "first_difference": self.first_difference,
             "onnx": self.onnx.to_json(),
             "torch": None if self.torch is None else self.torch.to_json(),
+            "reference": None if self.reference is None else str(self.reference),
+            "reference_onnx": None if self.reference_onnx is None else self.reference_onnx.to_json(),
+            "agreement": None if self.agreement is None else self.agreement.to_json(),
         }
 
 
@@ -123,14 +215,16 @@ def generate(
     *,
     inputs: Mapping[str, np.ndarray] | None = None,
     max_new_tokens: int = DEFAULT_NEW_TOKENS,
+    min_new_tokens: int = 0,
     chat: bool = False,
     source: str | None = None,
-    reference: bool = True,
+    reference: bool | str | os.PathLike[str] = True,
     on_token: TokenCallback | None = None,
+    runtime: str = "ort",
     policy: SessionPolicy = DEFAULT_POLICY,
     progress: ProgressCallback | None = None,
 ) -> GenerateResult:
-    """Decodes greedily with a with-past export in ONNX Runtime and with transformers, and compares.
+    """Decodes greedily with a with-past export in ONNX Runtime and with a reference, and compares.
 
     Args:
         export: A ``text-generation-with-past`` file, or the folder of a seq2seq ``-with-past`` export.
@@ -138,33 +232,55 @@ def generate(
         inputs: The encoder's or prompt's arrays instead of text (``input_ids``; ``input_features`` for
             speech models), batch of one.
         max_new_tokens: The most tokens to add.
+        min_new_tokens: End-of-sequence tokens are suppressed until this many tokens are generated, on
+            every side; ``max_new_tokens`` forces the length (the CLI's ``--ignore-eos``).
         chat: Wrap the prompt in the tokenizer's chat template as one user message.
         source: The PyTorch model; default: the source recorded at export.
-        reference: Also decode with transformers and compare; ``False``: ONNX Runtime alone, the source
-            read only for its tokenizer and configuration (no PyTorch model built).
-        on_token: Told of each token ONNX Runtime generates, as it comes (for streaming).
-        policy: How ONNX Runtime sessions are made.
-        progress: Told when each stage (read, build or config, onnx, torch) starts and finishes.
+        reference: What the tokens are compared with: ``True``, transformers' ``generate()`` on the
+            source; ``False``, nothing (ONNX Runtime alone, the source read only for its tokenizer and
+            configuration, no PyTorch model built); a path, another with-past export of the same source
+            (an int4 file against the float32 one), decoded in ONNX Runtime as well.
+        on_token: Told of each token ONNX Runtime generates with ``export``, as it comes (for streaming).
+        runtime: What decodes ``export``: ``ort``, this module's loop in ONNX Runtime; ``genai``,
+            onnxruntime-genai on a deployable folder (its ``genai_config.json``), the prompt still encoded
+            by the source's tokenizer. A reference export runs in this module's loop either way.
+        policy: How ONNX Runtime sessions are made (with ``genai``, only its threads apply).
+        progress: Told when each stage (read, build or config, onnx, torch or reference) starts and finishes.
 
     Raises:
-        ModelFileError: The export is not a with-past export, or a part is missing.
-        InputSpecError: No prompt, text without a tokenizer, or a prompt longer than the model's positions.
+        ModelFileError: An export is not a with-past export, a part is missing, the reference is not an
+            export of the same model, or ``genai`` is asked of what is not a deployable folder.
+        MissingExtraError: ``genai`` without onnxruntime-genai installed.
+        InputSpecError: No prompt, text without a tokenizer, a prompt longer than the model's positions,
+            or ``min_new_tokens`` outside 0 to ``max_new_tokens``.
         ModelSourceError: As for ``verify``: the source cannot be rebuilt or is another architecture.
     """
     if max_new_tokens < 1:
         raise InputSpecError(f"--max-new-tokens must be at least 1, not {max_new_tokens}")
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise InputSpecError(
+            f"--min-new-tokens must be between 0 and --max-new-tokens ({max_new_tokens}), not {min_new_tokens}"
+        )
     if (prompt is None) == (inputs is None):
         raise InputSpecError("give a prompt (text) or the prompt's arrays (--inputs FILE.npz), one of them")
+    if runtime not in RUNTIMES:
+        raise InputSpecError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    if runtime == "genai":
+        _check_genai(Path(export))
     from onnx_hierarchy.hf._flat_cache import DECODER_PART, SEQ2SEQ_DECODER_PART
     from onnx_hierarchy.hf._rebuild import rebuild, source_of
 
     clock = StageClock(progress)
+    other = None if isinstance(reference, bool) else Path(reference)
     with clock("read"):
         parts = _read_parts(Path(export))
+        other_parts = None if other is None else _read_parts(other)
     main = parts.get(DECODER_PART) or parts[SEQ2SEQ_DECODER_PART]
+    if other_parts is not None:
+        _check_same_model(parts, other_parts)
     model: Any = None
-    with clock("build" if reference else "config"):
-        if reference:
+    with clock("build" if reference is True else "config"):
+        if reference is True:
             rebuilt = rebuild(main, source)
             model, spec = rebuilt.model, rebuilt.spec
             settings = _Settings(model.config, model.generation_config)
@@ -188,19 +304,30 @@ def generate(
         told.append(token)
         on_token(token, _decode(tokenizer, told))
 
-    each = tell if on_token is not None else None
-    with clock("onnx"):
-        if DECODER_PART in parts:
-            onnx_tokens, onnx_seconds = decode_decoder(
-                parts[DECODER_PART].path, arrays, max_new_tokens, eos, policy, on_token=each
-            )
+    def run(which: Mapping[str, TaggedModel], each: Callable[[int], None] | None, runtime: str = "ort") -> Continuation:
+        if runtime == "genai":
+            folder = which[DECODER_PART].path.parent
+            tokens, seconds = decode_genai(folder, arrays, max_new_tokens, policy, min_new_tokens, on_token=each)
+        elif DECODER_PART in which:
+            path = which[DECODER_PART].path
+            tokens, seconds = decode_decoder(path, arrays, max_new_tokens, eos, policy, min_new_tokens, on_token=each)
         else:
-            onnx_tokens, onnx_seconds = _decode_seq2seq(parts, arrays, max_new_tokens, eos, settings, policy, each)
-    pytorch = None
+            tokens, seconds = _decode_seq2seq(
+                which, arrays, max_new_tokens, min_new_tokens, eos, settings, policy, each
+            )
+        return Continuation(tokens, _decode(tokenizer, tokens), seconds)
+
+    with clock("onnx"):
+        onnx = run(parts, tell if on_token is not None else None, runtime)
+    pytorch = reference_onnx = None
     if model is not None:
         with clock("torch"):
-            torch_tokens, torch_seconds = _torch_generate(model, arrays, max_new_tokens, settings)
+            torch_tokens, torch_seconds = _torch_generate(model, arrays, max_new_tokens, min_new_tokens, settings)
         pytorch = Continuation(torch_tokens, _decode(tokenizer, torch_tokens), torch_seconds)
+    elif other_parts is not None:
+        with clock("reference"):
+            reference_onnx = run(other_parts, None)
+    compared = pytorch or reference_onnx
     first_input = next(iter(arrays.values()))
     return GenerateResult(
         export=Path(export),
@@ -208,8 +335,13 @@ def generate(
         prompt=prompt,
         prompt_tokens=int(first_input.shape[-1]),
         max_new_tokens=max_new_tokens,
-        onnx=Continuation(onnx_tokens, _decode(tokenizer, onnx_tokens), onnx_seconds),
+        min_new_tokens=min_new_tokens,
+        onnx=onnx,
         torch=pytorch,
+        reference=other,
+        reference_onnx=reference_onnx,
+        agreement=None if compared is None else Agreement.of(onnx.tokens, compared.tokens, tokenizer),
+        runtime=runtime,
     )
 
 
@@ -257,6 +389,8 @@ def _read_parts(export: Path) -> dict[str, TaggedModel]:
     """The ONNX files of a with-past export, by part."""
     from onnx_hierarchy.hf._flat_cache import DECODER_PART, SEQ2SEQ_PARTS
 
+    if export.is_dir() and (export / "model.onnx").is_file():  # a deployable folder (export to a name without .onnx)
+        export = export / "model.onnx"
     if export.is_dir():
         missing = [name for name in SEQ2SEQ_PARTS if not (export / f"{name}.onnx").is_file()]
         if missing:
@@ -276,6 +410,36 @@ def _read_parts(export: Path) -> dict[str, TaggedModel]:
                 "(decoders) or text2text-generation-with-past (seq2seq) and generate with that"
             )
     return parts
+
+
+def _check_genai(export: Path) -> None:
+    """``genai`` on a file, a seq2seq folder or without onnxruntime-genai fails here, in one line, before
+    anything is built."""
+    from onnx_hierarchy.hf._deploy import GENAI_CONFIG
+
+    if not (export / GENAI_CONFIG).is_file():
+        raise ModelFileError(
+            f"{export}: --runtime genai decodes a deployable folder (with {GENAI_CONFIG}); export with "
+            "--task text-generation-with-past to an OUTPUT without .onnx to get one"
+        )
+    try:
+        import onnxruntime_genai  # noqa: F401  (imported again where it decodes)
+    except ImportError as error:
+        raise MissingExtraError("--runtime genai needs onnxruntime-genai: pip install onnxruntime-genai") from error
+
+
+def _check_same_model(parts: Mapping[str, TaggedModel], other: Mapping[str, TaggedModel]) -> None:
+    """A reference of another kind or model fails here, in one line, not as a token out of its vocabulary."""
+    ours, theirs = next(iter(parts.values())), next(iter(other.values()))
+    if set(parts) != set(other):
+        raise ModelFileError(f"{theirs.path}: --reference is not the same kind of with-past export as {ours.path}")
+    assert ours.record is not None and theirs.record is not None  # _read_parts checked both
+    mine = (ours.record.model_class, ours.record.model_type)
+    if (theirs.record.model_class, theirs.record.model_type) != mine:
+        raise ModelFileError(
+            f"{theirs.path}: --reference is an export of a {theirs.record.model_class}, not of a {mine[0]}; "
+            "compare exports of the same source"
+        )
 
 
 def _encode(tokenizer: Any, prompt: str, chat: bool) -> dict[str, np.ndarray]:
@@ -327,12 +491,13 @@ def decode_decoder(
     max_new_tokens: int,
     eos: frozenset[int],
     policy: SessionPolicy,
+    min_new_tokens: int = 0,
     *,
     on_token: Callable[[int], None] | None = None,
 ) -> tuple[tuple[int, ...], float]:
     """The decoder-only loop: the prompt with an empty past, then one token at a time, until an ``eos``
-    token (none: all ``max_new_tokens``), each token told to ``on_token`` as it comes. Returns the tokens
-    and the loop's seconds."""
+    token (none: all ``max_new_tokens``; never one of the first ``min_new_tokens``), each token told to
+    ``on_token`` as it comes. Returns the tokens and the loop's seconds."""
     runner = session(path, policy=policy)
     accepted = {i.name for i in runner.get_inputs()}
     outputs = [o.name for o in runner.get_outputs()]
@@ -347,7 +512,7 @@ def decode_decoder(
         feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
         feeds["position_ids"] = np.arange(total - step, total, dtype=np.int64)[None]
         result = dict(zip(outputs, runner.run(outputs, {k: v for k, v in feeds.items() if k in accepted}), strict=True))
-        token = int(result["logits"][0, -1].argmax())
+        token = _next_token(result["logits"][0, -1], eos if len(tokens) < min_new_tokens else frozenset())
         tokens.append(token)
         if on_token is not None:
             on_token(token)
@@ -357,16 +522,59 @@ def decode_decoder(
     return tuple(tokens), time.perf_counter() - start
 
 
+def decode_genai(
+    folder: Path,
+    arrays: Mapping[str, np.ndarray],
+    max_new_tokens: int,
+    policy: SessionPolicy,
+    min_new_tokens: int = 0,
+    *,
+    on_token: Callable[[int], None] | None = None,
+) -> tuple[tuple[int, ...], float]:
+    """onnxruntime-genai's greedy search on a deployable folder, stopping as ``decode_decoder`` does: at an
+    end-of-sequence token of its ``genai_config.json`` (written from the same generation config), never
+    one of the first ``min_new_tokens``, the end-of-sequence token counted (genai leaves it out of its
+    sequence, so the tokens are taken as they come). Returns the tokens and the loop's seconds."""
+    import onnxruntime_genai as og
+
+    threads = {"model": {"decoder": {"session_options": {"intra_op_num_threads": policy.threads}}}}
+    try:
+        config = og.Config(str(folder))
+        if policy.threads:
+            config.overlay(json.dumps(threads))
+        model = og.Model(config)
+    except RuntimeError as error:
+        raise ModelFileError(f"{folder}: onnxruntime-genai could not load it: {summarize(error)}") from error
+    prompt = [int(token) for token in arrays["input_ids"][0]]
+    params = og.GeneratorParams(model)
+    params.set_search_options(
+        do_sample=False, max_length=len(prompt) + max_new_tokens, min_length=len(prompt) + min_new_tokens
+    )
+    tokens: list[int] = []
+    start = time.perf_counter()
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    while not generator.is_done():
+        generator.generate_next_token()
+        token = int(generator.get_next_tokens()[0])
+        tokens.append(token)
+        if on_token is not None:
+            on_token(token)
+    return tuple(tokens), time.perf_counter() - start
+
+
 def _decode_seq2seq(
     parts: Mapping[str, TaggedModel],
     arrays: Mapping[str, np.ndarray],
     max_new_tokens: int,
+    min_new_tokens: int,
     eos: frozenset[int],
     settings: _Settings,
     policy: SessionPolicy,
     on_token: Callable[[int], None] | None = None,
 ) -> tuple[tuple[int, ...], float]:
-    """The seq2seq loop: the encoder once, the first decoder step, then the decoder with past."""
+    """The seq2seq loop: the encoder once, the first decoder step, then the decoder with past; stopping as
+    ``decode_decoder`` does."""
     from onnx_hierarchy.hf._flat_cache import ENCODER_PART, SEQ2SEQ_DECODER_PART, SEQ2SEQ_WITH_PAST_PART
 
     encoder = session(parts[ENCODER_PART].path, policy=policy)
@@ -393,7 +601,7 @@ def _decode_seq2seq(
         accepted = {i.name for i in runner.get_inputs()}
         run_feeds = {k: v for k, v in {**step, **shared, **past}.items() if k in accepted}
         result = dict(zip(names, runner.run(names, run_feeds), strict=True))
-        token = int(result["logits"][0, -1].argmax())
+        token = _next_token(result["logits"][0, -1], eos if len(tokens) < min_new_tokens else frozenset())
         tokens.append(token)
         if on_token is not None:
             on_token(token)
@@ -405,10 +613,20 @@ def _decode_seq2seq(
     return tuple(tokens), time.perf_counter() - start
 
 
+def _next_token(logits: np.ndarray, suppressed: frozenset[int]) -> int:
+    """The greedy choice among the tokens not ``suppressed``: their logits minus infinity, as transformers'
+    ``min_new_tokens`` sets them, so that both sides pick the same runner-up."""
+    if suppressed:
+        logits = logits.copy()
+        logits[sorted(suppressed)] = -np.inf
+    return int(logits.argmax())
+
+
 def _torch_generate(
-    model: Any, arrays: Mapping[str, np.ndarray], max_new_tokens: int, settings: _Settings
+    model: Any, arrays: Mapping[str, np.ndarray], max_new_tokens: int, min_new_tokens: int, settings: _Settings
 ) -> tuple[tuple[int, ...], float]:
-    """transformers' ``generate()``, greedy, stopping at the same end-of-sequence tokens."""
+    """transformers' ``generate()``, greedy, stopping at the same end-of-sequence tokens after the same
+    ``min_new_tokens``."""
     import torch
     import transformers
 
@@ -420,6 +638,7 @@ def _torch_generate(
     pad = original.pad_token_id if original.pad_token_id is not None else (stop[0] if stop else 0)
     model.generation_config = transformers.GenerationConfig(
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens or None,
         do_sample=False,
         num_beams=1,
         eos_token_id=stop,

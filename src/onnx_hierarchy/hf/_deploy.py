@@ -1,0 +1,140 @@
+"""A deployable decoder folder: the with-past model beside the files the runtimes people ship with read.
+
+onnxruntime-genai's ``og.Model(folder)`` reads ``genai_config.json`` (which inputs and outputs hold what,
+head counts, the cache's layout, token ids, search defaults); Optimum's ``ORTModelForCausalLM`` reads
+``config.json``; both take the tokenizer files from the same folder. The genai config says only what the
+exported graph does: names and cache shapes come from the export record, so it cannot describe a graph
+other than the one beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from onnx_hierarchy.hf import _source
+from onnx_hierarchy.hf._tokenizer import source_tokenizer
+from onnx_hierarchy.schema import ExportRecord
+
+__all__ = ["GENAI_CONFIG", "genai_config", "write_deployment"]
+
+GENAI_CONFIG = "genai_config.json"
+# The cache names of a with-past decoder (hf._flat_cache), as genai's config spells them (layer as %d).
+_PAST_KEY, _PAST_VALUE = "past_key_values.%d.key", "past_key_values.%d.value"
+_PRESENT_KEY, _PRESENT_VALUE = "present.%d.key", "present.%d.value"
+# Search defaults genai's model builder takes from the generation config, with its fallbacks.
+_SEARCH_DEFAULTS: dict[str, Any] = {
+    "diversity_penalty": 0.0,
+    "do_sample": False,
+    "length_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "repetition_penalty": 1.0,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+}
+
+
+def write_deployment(
+    folder: Path, model: torch.nn.Module, source: _source.ModelSource, record: ExportRecord
+) -> list[Path]:
+    """Writes, beside ``folder/model.onnx``, what the deployment runtimes read; returns the files written.
+
+    ``config.json`` and ``generation_config.json`` are the model's own, the tokenizer files the source's
+    (when it has a tokenizer), each saved by transformers' ``save_pretrained``.
+    """
+    before = set(folder.iterdir())
+    config: Any = model.config
+    generation: Any = getattr(model, "generation_config", None)
+    tokenizer = source_tokenizer(source)
+    config.save_pretrained(folder)
+    if generation is not None:
+        generation.save_pretrained(folder)
+    genai = genai_config(config, generation, record)
+    if tokenizer is not None:
+        # genai's builder does the same: transformers' "no limit" (1e30) is no integer JSON readers agree on.
+        tokenizer.model_max_length = genai["model"]["context_length"]
+        tokenizer.save_pretrained(folder)
+        _name_tokenizer_class_for_older_transformers(folder / "tokenizer_config.json")
+    (folder / GENAI_CONFIG).write_text(json.dumps(genai, indent=4) + "\n")
+    return sorted(set(folder.iterdir()) - before)
+
+
+def _name_tokenizer_class_for_older_transformers(path: Path) -> None:
+    """transformers 5 names a tokenizer.json-backed tokenizer ``TokenizersBackend``, a class transformers
+    4.x (the one Optimum's onnx runtime package pins, < 4.58) does not know; ``PreTrainedTokenizerFast`` is
+    the same tokenizer to both (measured: identical ids in 4.57.6 and 5.24)."""
+    if not path.is_file():
+        return
+    settings = json.loads(path.read_text())
+    if settings.get("tokenizer_class") == "TokenizersBackend":
+        settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+
+
+def genai_config(config: Any, generation: Any, record: ExportRecord) -> dict[str, Any]:
+    """onnxruntime-genai's configuration of the with-past decoder ``record`` describes.
+
+    Keys and layout follow genai's model builder (``make_genai_config``); names, layer count, key/value
+    heads and head size are the graph's own, read from its recorded cache inputs. The cache is a Concat
+    of past and new keys, a new tensor each step, so past and present never share one buffer
+    (``past_present_share_buffer: false``; with ``true`` genai fails at the first step).
+    """
+    text: Any = config.get_text_config(decoder=True)
+    inputs = {i.name: i for i in record.inputs}
+    layers = sum(1 for name in inputs if name.startswith("past_key_values.") and name.endswith(".key"))
+    _, kv_heads, _, head_size = inputs[_PAST_KEY % 0].shape
+    context = int(getattr(text, "seq_length", None) or text.max_position_embeddings)
+    decoder_inputs: dict[str, str] = {n: n for n in ("input_ids", "attention_mask", "position_ids") if n in inputs}
+    decoder_inputs.update(past_key_names=_PAST_KEY, past_value_names=_PAST_VALUE)
+    model: dict[str, Any] = {
+        **_token_ids(text, generation),
+        "context_length": context,
+        "decoder": {
+            "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+            "filename": f"{record.part}.onnx",
+            "head_size": int(head_size),
+            "hidden_size": int(text.hidden_size),
+            "inputs": decoder_inputs,
+            "outputs": {"logits": "logits", "present_key_names": _PRESENT_KEY, "present_value_names": _PRESENT_VALUE},
+            "num_attention_heads": int(text.num_attention_heads),
+            "num_hidden_layers": layers,
+            "num_key_value_heads": int(kv_heads),
+        },
+        "type": config.model_type,
+        "vocab_size": int(text.vocab_size),
+    }
+    search = {key: _setting(generation, key, default) for key, default in _SEARCH_DEFAULTS.items()}
+    search.update(early_stopping=True, max_length=context, min_length=0, past_present_share_buffer=False)
+    return {"model": model, "search": dict(sorted(search.items()))}
+
+
+def _setting(generation: Any, key: str, default: Any) -> Any:
+    value = getattr(generation, key, None) if generation is not None else None
+    return default if value is None else value
+
+
+def _token_ids(config: Any, generation: Any) -> dict[str, int | list[int]]:
+    """BOS, EOS and pad token ids: the generation config's, else the model config's (pad: else the first
+    EOS); those neither names are left out, for genai's defaults."""
+
+    def resolve(attribute: str) -> Any:
+        for holder in (generation, config):
+            value = getattr(holder, attribute, None) if holder is not None else None
+            if value is not None:
+                return value
+        return None
+
+    eos = resolve("eos_token_id")
+    if isinstance(eos, list) and len(eos) == 1:
+        eos = eos[0]
+    pad = resolve("pad_token_id")
+    if pad is None and eos is not None:
+        pad = eos[0] if isinstance(eos, list) else eos
+    ids = {"bos_token_id": resolve("bos_token_id"), "eos_token_id": eos, "pad_token_id": pad}
+    return {key: value for key, value in ids.items() if value is not None}
