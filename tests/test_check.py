@@ -88,3 +88,11 @@ def test_the_tolerance_between_two_files_follows_the_steps_that_separate_them(
     for pair in ((reference, candidate), (candidate, reference)):  # the same verdict whichever side is which
         tolerance = _tolerance.between(*pair)
         assert (tolerance.basis, (tolerance.atol, tolerance.rtol, tolerance.min_sqnr)) == (basis, rule)
+
+
+def test_files_computing_alike_get_the_reordering_rule_when_their_runs_expose_different_values() -> None:
+    same = ("float32", ("onnxscript-fusions",))
+    assert _tolerance.between(same, same) == _tolerance.SAME_ARITHMETIC
+    assert _tolerance.between(same, same, exposed=True) == _tolerance.against_torch("float32")
+    # Steps that separate the files still decide when they are looser.
+    assert _tolerance.between(("float32", ()), ("float32", ("fp16",)), exposed=True).basis == "fp16"

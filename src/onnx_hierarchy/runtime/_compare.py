@@ -193,9 +193,10 @@ def compare(
             values.append(ValueDifference(name, shape, math.inf, math.inf, tolerance.atol, -math.inf, False, math.inf))
         else:
             values.append(difference(name, expected[name], actual[name], tolerance))
-    bitwise = all(
-        name in actual and np.asarray(expected[name]).tobytes() == np.asarray(actual[name]).tobytes()
-        and np.asarray(expected[name]).dtype == np.asarray(actual[name]).dtype
+    # Bit-for-bit equal values differ by 0: only then are their bytes worth comparing (a copy of each).
+    bitwise = all(v.max_abs == 0 for v in values) and all(
+        np.asarray(expected[name]).dtype == np.asarray(actual[name]).dtype
+        and np.asarray(expected[name]).tobytes() == np.asarray(actual[name]).tobytes()
         for name in chosen
     )
     return Comparison(tuple(values), tolerance, note=note, bitwise=bitwise)

@@ -272,9 +272,7 @@ def verify(
     record = target.model.record
     notes: list[str] = []
     if other is not None:
-        default = _tolerance.between(other.model.arithmetic, target.model.arithmetic)
-        if default == _tolerance.SAME_ARITHMETIC:  # two files computing alike still run different sessions
-            default = _tolerance.against_torch("float32")
+        default = _tolerance.between(other.model.arithmetic, target.model.arithmetic, exposed=True)
     else:
         default = _tolerance.against_torch(*target.model.arithmetic)
     tolerance = _tolerance.overridden(default, atol, rtol)
