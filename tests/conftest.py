@@ -12,11 +12,15 @@ os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 import pytest
 
 from architectures import tiny_config
+
+if TYPE_CHECKING:
+    from onnx_hierarchy.exporting._export import ExportResult
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,15 @@ def llama_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     fast.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def deployed(llama_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    """``llama_checkpoint`` exported with past to a deployable folder (model, genai config, tokenizer)."""
+    import onnx_hierarchy
+
+    output = tmp_path_factory.mktemp("deploy") / "llama-genai"
+    return onnx_hierarchy.export(llama_checkpoint, output, task="text-generation-with-past")
 
 
 @pytest.fixture(scope="session")

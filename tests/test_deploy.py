@@ -24,12 +24,6 @@ _PROMPT = [5, 6, 7, 8, 9, 10]
 _NEW_TOKENS = 16
 
 
-@pytest.fixture(scope="module")
-def deployed(llama_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
-    output = tmp_path_factory.mktemp("deploy") / "llama-genai"
-    return onnx_hierarchy.export(llama_checkpoint, output, task="text-generation-with-past")
-
-
 def test_folder_holds_the_model_configs_and_tokenizer(deployed: ExportResult, llama_checkpoint: Path) -> None:
     folder = deployed.output
     assert folder.is_dir() and deployed.check is not None and deployed.check.passed

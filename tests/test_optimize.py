@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 
 import onnx_hierarchy
-from architectures import REQUIRED
+from architectures import REQUIRED, tiny_config
 from conftest import PIPELINES, Exported, Optimized
 from onnx_hierarchy import schema
 from onnx_hierarchy.runtime import _feeds
@@ -371,3 +371,82 @@ def test_optimize_and_retag_report_json(
     )
     again = json.loads(out)
     assert code == 0 and again["nodes"] == nodes and sum(again["evidence"].values()) == nodes
+
+
+@pytest.fixture(scope="module")
+def tied_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama with past whose lm_head shares the embedding, exported: its vocabulary is large enough
+    that torch's constant folding leaves ``MatMul(hidden, Transpose(embedding))`` as SmolLM2's export has it."""
+    import torch
+    import transformers
+
+    config = tiny_config("llama")
+    config.tie_word_embeddings = True
+    config.vocab_size = 512  # 512 x 32 weights: above the folding limit of torch.onnx's optimizer
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    folder = tmp_path_factory.mktemp("tied-llama")
+    model.save_pretrained(folder / "checkpoint")
+    return onnx_hierarchy.export(folder / "checkpoint", folder / "model.onnx", task="text-generation-with-past").output
+
+
+def _float_weights(model: onnx.ModelProto) -> dict[str, list[int]]:
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    return {t.name: list(t.dims) for t in model.graph.initializer if t.data_type in floats and len(t.dims) >= 2}
+
+
+def test_int4_quantizes_a_tied_lm_head_and_the_embedding(tied_llama: Path, tmp_path: Path) -> None:
+    export = onnx.load(tied_llama)
+    table = next(n.input[0] for n in export.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids")
+    producers = {o: n for n in export.graph.node for o in n.output}
+    head = producers["logits"]
+    assert head.op_type == "MatMul" and producers[head.input[1]].op_type == "Transpose"  # what the fold is for
+    assert producers[head.input[1]].input[0] == table
+
+    result = onnx_hierarchy.optimize(tied_llama, tmp_path / "int4.onnx", quantize="int4")
+    assert result.check is not None and result.check.passed and result.check.tolerance.min_sqnr == 10.0
+    model = onnx.load(result.output)
+    weights = _float_weights(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:  # no MatMul reads a float weight, directly or through a Transpose
+        if node.op_type in ("MatMul", "Gemm"):
+            read = [
+                producers[v].input[0] if v in producers and producers[v].op_type == "Transpose" else v
+                for v in node.input
+            ]
+            assert not set(read) & set(weights), f"{node.name} reads a float weight"
+    assert [32, 512] not in weights.values() and [512, 32] not in weights.values()  # no float copy of the table
+
+    head = producers["logits"]
+    assert head.op_type == "MatMulNBits" and head.input[1].startswith(table + "_")
+    assert _props(head)[schema.MODULE_KEY] == "lm_head"
+    (embedding,) = [n for n in model.graph.node if "input_ids" in n.input and n.op_type != "Shape"]
+    attributes = {a.name: a.i for a in embedding.attribute}
+    assert embedding.op_type == "GatherBlockQuantized" and embedding.domain == "com.microsoft"
+    assert attributes == {"gather_axis": 0, "quantize_axis": 1, "block_size": 32}
+    assert _props(embedding)[schema.MODULE_KEY] == "model.embed_tokens"
+    assert onnx_hierarchy.validate(result.output).ok  # every node tagged
+
+    feeds = _feeds.dummy_feeds(export)
+    expected, actual = _run(tied_llama, feeds), _run(result.output, feeds)
+    for name in expected:  # an independent SQNR against the int4 floor of the check
+        noise = np.square(actual[name].astype(np.float64) - expected[name]).sum()
+        assert 10 * np.log10(np.square(expected[name].astype(np.float64)).sum() / noise) >= 10.0, name
+
+
+@pytest.mark.parametrize("model_type", ["bert", "t5"])
+def test_int4_quantizes_token_embeddings_only(model_type: str, optimized: Callable[[str, str], Optimized]) -> None:
+    """Gathers indexed by the inputs become GatherBlockQuantized; T5's relative position buckets, computed
+    from shapes, and BERT's position ids stay float Gathers."""
+    result = optimized(model_type, "int4")
+    export = onnx.load(result.export, load_external_data=False)
+    inputs = {i.name for i in export.graph.input}
+    expected = {n.name for n in export.graph.node if n.op_type == "Gather" and n.input[1] in inputs}
+    model = onnx.load(result.output, load_external_data=False)
+    quantized = {n.name.removesuffix("_Q4") for n in model.graph.node if n.op_type == "GatherBlockQuantized"}
+    assert quantized == expected and expected
+    weights = _float_weights(model)
+    assert any(n.op_type == "Gather" and n.input[0] in weights for n in model.graph.node)  # position tables

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
-from onnx_hierarchy.cli._arguments import EXISTING_FILE
+from onnx_hierarchy.cli._arguments import EXISTING, EXISTING_FILE
 from onnx_hierarchy.cli._comparison import check_lines
 from onnx_hierarchy.cli._errors import EXIT_CHECK_FAILED, EXIT_OK
 from onnx_hierarchy.cli._output import Output
@@ -44,10 +45,12 @@ def retag_command(source: Path, derived: Path, output: Path, fmt: str) -> int:
 
 
 @click.command("optimize")
-@click.argument("model", type=EXISTING_FILE)
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The optimized model.")
+@click.argument("model", type=EXISTING)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The optimized model (or folder).")
 @click.option(
-    "--fusions", type=click.Choice(["onnxscript", "ort"]), help="onnxscript's ORT fusions or ORT's optimizer."
+    "--fusions",
+    type=click.Choice(["onnxscript", "ort", "genai"]),
+    help="onnxscript's ORT fusions, ORT's optimizer, or onnxruntime-genai's decoder ops (GroupQueryAttention).",
 )
 @click.option("--model-type", help="For --fusions ort: ORT's model type (default: the export's, else bert).")
 @click.option("--level", type=click.Choice(["basic", "extended", "all"]), help="ORT graph optimization, saved.")
@@ -80,8 +83,13 @@ def optimize_command(
     Steps run in this order, each retagged: --fusions, --level, then
     --fp16 or --quantize. Exit 1 if the result differs from MODEL
     beyond tolerance (quantized results are reported, not judged).
+    A deployable folder (a with-past export to a name without .onnx)
+    optimizes into another folder: its other files copied, its
+    genai_config.json fitted to the optimized graph.
       onnx-hierarchy optimize model.onnx -o model.opt.onnx --fusions ort
       onnx-hierarchy optimize model.onnx -o model.int8.onnx --quantize dynamic
+      onnx-hierarchy optimize llama-genai -o llama-genai-int4 --quantize int4
+      onnx-hierarchy optimize llama-genai -o fused --fusions genai --quantize int4
     """
     from onnx_hierarchy.deriving._optimize import optimize
 
@@ -120,10 +128,16 @@ def _render_retag(result: RetagResult) -> Table:
 
 def _render_optimize(result: OptimizeResult) -> Table:
     table = Table.grid(padding=(0, 2))
-    table.add_row("wrote", str(result.output))
+    table.add_row("wrote", escape(str(result.output)))
+    if result.output.is_dir():
+        table.add_row("files", escape(", ".join(sorted(str(f.relative_to(result.output)) for f in result.files))))
     for step in result.steps:
         before, after = step.nodes
         table.add_row(step.step, f"{before} → {after} nodes, {_tags(step.tags)}  [dim]{step.seconds:.1f} s[/]")
+        if step.new_ops:
+            table.add_row("", "made " + ", ".join(f"{count} {op}" for op, count in step.new_ops.items()))
+        for note in step.notes:
+            table.add_row("", f"[yellow]{escape(note)}[/]")
     check = result.check
     if check is not None:
         for label, line in zip(("check", *[""] * 3), check_lines(check), strict=False):

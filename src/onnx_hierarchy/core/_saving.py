@@ -61,7 +61,8 @@ def check_writable_folder(output: Path) -> None:
         )
     if output.exists() and not output.is_dir():
         raise OutputError(f"{output}: exists and is not a folder")
-    check_writable(output / "model.onnx")
+    # A new folder is not made here: it appears (staged) only when the command succeeds.
+    check_writable(output / "model.onnx" if output.is_dir() else output)
 
 
 @contextlib.contextmanager

@@ -1,13 +1,15 @@
 """The standard tools ``optimize`` runs, each wrapped as one step from an ONNX file to another.
 
-Nothing here rewrites a graph itself: onnxscript's ORT fusions, ONNX Runtime's transformers optimizer, its
-session graph optimization, its fp16 converter and its quantizers do the work, and ``retag`` puts the
-tags back after each of them.
+onnxscript's ORT fusions, ONNX Runtime's transformers optimizer, its session graph optimization, its fp16
+converter and its quantizers do the work, and ``retag`` puts the tags back after each of them. The only
+rewrites of our own prepare a graph for them: a weight's Transpose folded (which the int4 quantizer does
+not look through) and, for ``genai``, the attention the tags find and no pattern of theirs matches
+(:mod:`~onnx_hierarchy.deriving._attention_fusion`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from onnx_hierarchy.core import _quiet
+from onnx_hierarchy.deriving._attention_fusion import AttentionFusion, fuse_attention
 from onnx_hierarchy.errors import OptimizationError, summarize
 from onnx_hierarchy.runtime._session import SessionPolicy, session
 
 __all__ = ["FUSIONS", "LEVELS", "QUANTIZATIONS", "Tool", "fp16", "fusions", "quantization", "session_level"]
 
-FUSIONS = ("onnxscript", "ort")
+FUSIONS = ("onnxscript", "ort", "genai")
 LEVELS = ("basic", "extended", "all")
 QUANTIZATIONS = ("dynamic", "qdq", "int4")
 
@@ -36,18 +39,19 @@ class Tool:
 
     Attributes:
         name: Recorded in ``hierarchy.derivation`` (``onnxscript-fusions``, ``ort-level-all``, ...).
-        run: Writes the derived model of an input file.
+        run: Writes the derived model of an input file; may return notes on what it left undone.
         exact: Whether the outputs should stay equal within float rounding (no fp16, no quantization).
     """
 
     name: str
-    run: Callable[[Path, Path], None]
+    run: Callable[[Path, Path], Iterable[str] | None]
     exact: bool = True
 
-    def __call__(self, source: Path, output: Path) -> None:
+    def __call__(self, source: Path, output: Path) -> tuple[str, ...]:
+        """Runs the tool; returns what the user should know of its run (modules a fusion left, and why)."""
         try:
             with _quiet.quiet(_LOGGERS):
-                self.run(source, output)
+                return tuple(self.run(source, output) or ())
         except OptimizationError:
             raise
         except Exception as error:  # the tools raise anything from IndexError to ORT's own exceptions
@@ -59,15 +63,21 @@ def _large(path: Path) -> bool:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0) > _EXTERNAL_DATA_BYTES
 
 
-def fusions(kind: str, model_type: str | None, recorded_type: str | None) -> Tool:
-    """Operator fusions for ONNX Runtime: onnxscript's (``onnxscript``) or ORT's transformers optimizer
-    (``ort``, for ``model_type``; by default the exported model's type when ORT knows it, else ``bert``).
+def fusions(
+    kind: str, model_type: str | None, recorded_type: str | None, attention: AttentionFusion | str | None = None
+) -> Tool:
+    """Operator fusions for ONNX Runtime: onnxscript's (``onnxscript``), ORT's transformers optimizer
+    (``ort``, for ``model_type``; by default the exported model's type when ORT knows it, else ``bert``) or
+    onnxruntime-genai's decoder ops (``genai``: GroupQueryAttention by module, with ``attention``'s settings
+    read from the config, or the reason there are none; then onnxscript's norm fusions).
 
     Raises:
         OptimizationError: ``model_type`` is unknown to ONNX Runtime, or ``kind`` unknown.
     """
     if kind == "onnxscript":
         return Tool("onnxscript-fusions", _onnxscript_fusions)
+    if kind == "genai":
+        return Tool("genai-fusions", lambda source, output: _genai_fusions(source, output, attention))
     if kind != "ort":
         raise OptimizationError(f"unknown fusions {kind!r}; use one of {', '.join(FUSIONS)}")
     from onnxruntime.transformers.optimizer import MODEL_TYPES
@@ -88,6 +98,33 @@ def fusions(kind: str, model_type: str | None, recorded_type: str | None) -> Too
 
 
 def _onnxscript_fusions(source: Path, output: Path) -> None:
+    import onnx_ir as ir
+
+    model = _onnxscript_fused(ir.load(source))
+    ir.save(model, output, external_data=output.name + ".data" if _large(source) else None)
+
+
+def _genai_fusions(source: Path, output: Path, attention: AttentionFusion | str | None) -> list[str]:
+    """Each decoder layer's attention as one GroupQueryAttention (found by its module's tags: onnxscript's
+    GQA rules match no traced attention), then onnxscript's fusions for the norms and residual adds."""
+    import onnx_ir as ir
+
+    model = ir.load(source)
+    notes = []
+    # A tied lm_head reads the embedding through Transpose: onnxscript would fuse it into a FusedMatMul
+    # neither genai's runtime nor the int4 quantizer treats as a MatMul.
+    _fold_weight_transposes(model.graph)
+    if isinstance(attention, AttentionFusion):
+        done = fuse_attention(model, attention)
+        notes = [f"{module}: attention left unfused: {reason}" for module, reason in done.left.items()]
+    else:
+        notes = [f"attention left unfused: {attention or 'not a with-past decoder'}"]
+    model = _onnxscript_fused(model)
+    ir.save(model, output, external_data=output.name + ".data" if _large(source) else None)
+    return notes
+
+
+def _onnxscript_fused(model: Any) -> Any:
     """onnxscript's ``optimize_for_ort``, after writing plain Gemms as MatMul + Add with onnxscript's rewriter.
 
     Its multi-head-attention fusion hands GPT-2's ``Conv1D`` Gemm a 3-D input, which ONNX Runtime refuses;
@@ -114,9 +151,9 @@ def _onnxscript_fusions(source: Path, output: Path) -> None:
     def matmul_add(op: Any, a: ir.Value, b: ir.Value, c: ir.Value, **_: Any) -> ir.Value:
         return op.Add(op.MatMul(a, b), c)
 
-    model = rewrite(ir.load(source), pattern_rewrite_rules=[pattern.RewriteRule(gemm, matmul_add, plain)])
+    model = rewrite(model, pattern_rewrite_rules=[pattern.RewriteRule(gemm, matmul_add, plain)])
     model, _ = optimize_for_ort(model)
-    ir.save(model, output, external_data=output.name + ".data" if _large(source) else None)
+    return model
 
 
 def session_level(level: str) -> Tool:
@@ -168,8 +205,9 @@ def fp16() -> Tool:
 def quantization(kind: str, calibration: Mapping[str, np.ndarray]) -> Tool:
     """Quantization: ``dynamic`` (int8 weights, activations quantized at run time), ``qdq`` (static int8,
     QuantizeLinear/DequantizeLinear pairs, activation ranges calibrated on ``calibration``) or ``int4``
-    (MatMul weights to 4 bits in blocks of 32, ``MatMulNBits``: how onnxruntime-genai deploys decoders on
-    CPU, where decoding one token is bound by reading the weights)."""
+    (MatMul weights, a tied ``lm_head``'s too, to 4 bits in blocks of 32 as ``MatMulNBits``, and token
+    embeddings as ``GatherBlockQuantized``: how onnxruntime-genai deploys decoders on CPU, where decoding one
+    token is bound by reading the weights)."""
     if kind not in QUANTIZATIONS:
         raise OptimizationError(f"unknown --quantize {kind!r}; use one of {', '.join(QUANTIZATIONS)}")
     import onnx
@@ -182,13 +220,7 @@ def quantization(kind: str, calibration: Mapping[str, np.ndarray]) -> Tool:
 
         large = _large(source)
         if kind == "int4":
-            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-            quantizer = MatMulNBitsQuantizer(
-                onnx.load(source), bits=4, block_size=32, is_symmetric=True, accuracy_level=4
-            )
-            quantizer.process()
-            quantizer.model.save_model_to_file(str(output), use_external_data_format=large)
+            _int4(source, output, large)
             return
         if kind == "dynamic":
             q.quantize_dynamic(source, output, use_external_data_format=large, extra_options=options)
@@ -214,3 +246,94 @@ def quantization(kind: str, calibration: Mapping[str, np.ndarray]) -> Tool:
         )
 
     return Tool(f"quantize-{kind}", run, exact=False)
+
+
+# onnxruntime-genai's builder for CPU: symmetric 4-bit blocks of 32, int8 accumulation (accuracy level 4).
+_INT4_BLOCK = 32
+
+
+def _int4(source: Path, output: Path, large: bool) -> None:
+    """ONNX Runtime's ``MatMulNBitsQuantizer`` on MatMuls and token embeddings, after folding weight
+    Transposes: a tied ``lm_head`` reads the embedding through ``Transpose``, which the quantizer does not
+    look through, and would stay float (the largest MatMul of a small decoder)."""
+    import onnx_ir as ir
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from onnx_hierarchy.core._traversal import proto_nodes
+
+    folding = ir.load(source)
+    _fold_weight_transposes(folding.graph)
+    model = ir.to_proto(folding)
+    embeddings = _token_embeddings(model.graph)
+    others = {p.node.name for p in proto_nodes(model) if p.node.op_type == "Gather"} - embeddings
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=4,
+        block_size=_INT4_BLOCK,
+        is_symmetric=True,
+        accuracy_level=4,
+        # Gathers make the quantizer move the model to opset 21 (int4 tensors): only when there is one.
+        op_types_to_quantize=("MatMul", "Gather") if embeddings else ("MatMul",),
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+        nodes_to_exclude=sorted(others),
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(output), use_external_data_format=large)
+
+
+def _fold_weight_transposes(graph: Any) -> None:
+    """Replaces each ``Transpose`` of a 2-D float initializer that only MatMuls read, as their weight, by a
+    transposed copy named ``<weight>_transposed``: retag then finds the parameter in the quantized weight's
+    name. The original stays for its other readers (the embedding's Gather)."""
+    import onnx_ir as ir
+
+    floats = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+    folded: dict[str, Any] = {}
+    for node in list(graph):
+        weight = node.inputs[0] if node.inputs else None
+        if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx") or weight is None:
+            continue
+        tensor = weight.const_value
+        perm = node.attributes.get_ints("perm", None)
+        if not weight.is_initializer() or tensor is None or tensor.dtype not in floats or len(tensor.shape) != 2:
+            continue
+        result = node.outputs[0]
+        users = list(result.uses())
+        if (perm is not None and tuple(perm) != (1, 0)) or result.is_graph_output() or not users:
+            continue
+        if any(user.node.op_type != "MatMul" or user.idx != 1 for user in users):
+            continue
+        if weight.name not in folded:
+            array = tensor.numpy().T.copy()
+            value = ir.Value(name=f"{weight.name}_transposed", shape=ir.Shape(array.shape), type=weight.type)
+            value.const_value = ir.tensor(array, name=value.name)
+            graph.register_initializer(value)
+            folded[weight.name] = value
+        result.replace_all_uses_with(folded[weight.name])
+        graph.remove(node, safe=True)
+
+
+def _token_embeddings(graph: Any) -> set[str]:
+    """Names of the Gathers that look rows of a 2-D float table up by values computed from the model's
+    inputs (token ids), not from shapes. A table a MatMul also reads is left alone: both quantized copies
+    would take the same name."""
+    import onnx
+
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    tables = {t.name for t in graph.initializer if len(t.dims) == 2 and t.data_type in floats}
+    tables -= {n.input[1] for n in graph.node if n.op_type == "MatMul"}
+    from_inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    found = set()
+    for node in graph.node:
+        if (
+            node.op_type == "Gather"
+            and node.domain in ("", "ai.onnx")
+            and node.name
+            and node.input[0] in tables
+            and node.input[1] in from_inputs
+            and all(a.i == 0 for a in node.attribute if a.name == "axis")
+        ):
+            found.add(node.name)
+        if node.op_type not in ("Shape", "Size") and from_inputs.intersection(node.input):
+            from_inputs.update(node.output)
+    return found

@@ -1,2 +1,1 @@
-"""``export``: trace, convert, tag, save and check a Hugging Face model.
-"""
+"""``export``: trace, convert, tag, save and check a Hugging Face model."""

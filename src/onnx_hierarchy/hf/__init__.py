@@ -1,2 +1,1 @@
-"""The Hugging Face side: resolving a MODEL argument, building the PyTorch model, its inputs and module tree.
-"""
+"""The Hugging Face side: resolving a MODEL argument, building the PyTorch model, its inputs and module tree."""

@@ -3,28 +3,44 @@
 onnxruntime-genai's ``og.Model(folder)`` reads ``genai_config.json`` (which inputs and outputs hold what,
 head counts, the cache's layout, token ids, search defaults); Optimum's ``ORTModelForCausalLM`` reads
 ``config.json``; both take the tokenizer files from the same folder. The genai config says only what the
-exported graph does: names and cache shapes come from the export record, so it cannot describe a graph
-other than the one beside it.
+graph beside it does: names and cache shapes come from the export record, the inputs it lists and whether
+past and present share one buffer from the graph itself (:func:`fit_to_graph`), so an ``optimize`` of the
+folder rewrites it for the graph it made. Reading a folder imports neither torch nor transformers.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from onnx_hierarchy.hf import _source
-from onnx_hierarchy.hf._tokenizer import source_tokenizer
+from onnx_hierarchy.core import _reading
+from onnx_hierarchy.hf._cache_names import PAST_NAMES, PRESENT_NAMES
 from onnx_hierarchy.schema import ExportRecord
 
-__all__ = ["GENAI_CONFIG", "genai_config", "write_deployment"]
+if TYPE_CHECKING:
+    import torch
+
+    from onnx_hierarchy.core._proto import onnx_pb
+    from onnx_hierarchy.hf import _source
+
+__all__ = [
+    "GENAI_CONFIG",
+    "deployable_model",
+    "fit_to_graph",
+    "genai_config",
+    "shares_buffer",
+    "write_deployment",
+    "write_genai_config",
+]
 
 GENAI_CONFIG = "genai_config.json"
-# The cache names of a with-past decoder (hf._flat_cache), as genai's config spells them (layer as %d).
-_PAST_KEY, _PAST_VALUE = "past_key_values.%d.key", "past_key_values.%d.value"
-_PRESENT_KEY, _PRESENT_VALUE = "present.%d.key", "present.%d.value"
+_PAST_KEY, _PAST_VALUE = PAST_NAMES
+_PRESENT_KEY, _PRESENT_VALUE = PRESENT_NAMES
+_PRESENT = re.compile(r"present\.\d+\.(key|value)")
+# The decoder inputs genai's config may name besides the cache; a graph may lack some (position_ids).
+_DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids")
 # Search defaults genai's model builder takes from the generation config, with its fallbacks.
 _SEARCH_DEFAULTS: dict[str, Any] = {
     "diversity_penalty": 0.0,
@@ -48,6 +64,8 @@ def write_deployment(
     ``config.json`` and ``generation_config.json`` are the model's own, the tokenizer files the source's
     (when it has a tokenizer), each saved by transformers' ``save_pretrained``.
     """
+    from onnx_hierarchy.hf._tokenizer import source_tokenizer
+
     before = set(folder.iterdir())
     config: Any = model.config
     generation: Any = getattr(model, "generation_config", None)
@@ -55,14 +73,18 @@ def write_deployment(
     config.save_pretrained(folder)
     if generation is not None:
         generation.save_pretrained(folder)
-    genai = genai_config(config, generation, record)
+    genai = fit_to_graph(genai_config(config, generation, record), _reading.read_proto(folder / f"{record.part}.onnx"))
     if tokenizer is not None:
         # genai's builder does the same: transformers' "no limit" (1e30) is no integer JSON readers agree on.
         tokenizer.model_max_length = genai["model"]["context_length"]
         tokenizer.save_pretrained(folder)
         _name_tokenizer_class_for_older_transformers(folder / "tokenizer_config.json")
-    (folder / GENAI_CONFIG).write_text(json.dumps(genai, indent=4) + "\n")
+    write_genai_config(folder, genai)
     return sorted(set(folder.iterdir()) - before)
+
+
+def write_genai_config(folder: Path, genai: dict[str, Any]) -> None:
+    (folder / GENAI_CONFIG).write_text(json.dumps(genai, indent=4) + "\n")
 
 
 def _name_tokenizer_class_for_older_transformers(path: Path) -> None:
@@ -78,19 +100,18 @@ def _name_tokenizer_class_for_older_transformers(path: Path) -> None:
 
 
 def genai_config(config: Any, generation: Any, record: ExportRecord) -> dict[str, Any]:
-    """onnxruntime-genai's configuration of the with-past decoder ``record`` describes.
+    """onnxruntime-genai's configuration of the with-past decoder ``record`` describes, before
+    :func:`fit_to_graph` settles what depends on the graph (every decoder input is named, no shared buffer).
 
     Keys and layout follow genai's model builder (``make_genai_config``); names, layer count, key/value
-    heads and head size are the graph's own, read from its recorded cache inputs. The cache is a Concat
-    of past and new keys, a new tensor each step, so past and present never share one buffer
-    (``past_present_share_buffer: false``; with ``true`` genai fails at the first step).
+    heads and head size are the graph's own, read from its recorded cache inputs.
     """
     text: Any = config.get_text_config(decoder=True)
     inputs = {i.name: i for i in record.inputs}
     layers = sum(1 for name in inputs if name.startswith("past_key_values.") and name.endswith(".key"))
     _, kv_heads, _, head_size = inputs[_PAST_KEY % 0].shape
     context = int(getattr(text, "seq_length", None) or text.max_position_embeddings)
-    decoder_inputs: dict[str, str] = {n: n for n in ("input_ids", "attention_mask", "position_ids") if n in inputs}
+    decoder_inputs: dict[str, str] = {n: n for n in _DECODER_INPUTS}
     decoder_inputs.update(past_key_names=_PAST_KEY, past_value_names=_PAST_VALUE)
     model: dict[str, Any] = {
         **_token_ids(text, generation),
@@ -112,6 +133,45 @@ def genai_config(config: Any, generation: Any, record: ExportRecord) -> dict[str
     search = {key: _setting(generation, key, default) for key, default in _SEARCH_DEFAULTS.items()}
     search.update(early_stopping=True, max_length=context, min_length=0, past_present_share_buffer=False)
     return {"model": model, "search": dict(sorted(search.items()))}
+
+
+def fit_to_graph(genai: dict[str, Any], model: onnx_pb.ModelProto) -> dict[str, Any]:
+    """``genai`` with what depends on the graph read from ``model``: the decoder inputs it lists are the
+    graph's (an optimizer may remove ``position_ids``; genai refuses a name the graph lacks), and past and
+    present share one buffer exactly when the graph can (:func:`shares_buffer`)."""
+    names = {value.name for value in model.graph.input}
+    decoder = genai["model"]["decoder"]
+    inputs = {key: name for key, name in decoder["inputs"].items() if key not in _DECODER_INPUTS or name in names}
+    search = {**genai["search"], "past_present_share_buffer": shares_buffer(model)}
+    return {**genai, "model": {**genai["model"], "decoder": {**decoder, "inputs": inputs}}, "search": search}
+
+
+def shares_buffer(model: onnx_pb.ModelProto) -> bool:
+    """Whether genai may hand each step's present cache the past's buffer: only when every
+    ``present.N.key``/``present.N.value`` is written by ``GroupQueryAttention`` (com.microsoft), which
+    writes the new keys into a buffer of the full length in place. An export's cache is a Concat of past
+    and new keys, a new, longer tensor each step: with a shared buffer genai fails at the first step."""
+    graph = model.graph
+    presents = {value.name for value in graph.output if _PRESENT.fullmatch(value.name)}
+    writers = {name: node for node in graph.node for name in node.output if name in presents}
+    return bool(presents) and all(
+        name in writers and (writers[name].op_type, writers[name].domain) == ("GroupQueryAttention", "com.microsoft")
+        for name in presents
+    )
+
+
+def deployable_model(folder: Path) -> Path | None:
+    """The decoder file of a deployable folder (as its ``genai_config.json`` names it), or ``None`` when
+    ``folder`` is not one."""
+    config = folder / GENAI_CONFIG
+    if not (folder.is_dir() and config.is_file()):
+        return None
+    try:
+        filename = json.loads(config.read_text())["model"]["decoder"]["filename"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    model = folder / str(filename)
+    return model if model.is_file() else None
 
 
 def _setting(generation: Any, key: str, default: Any) -> Any:

@@ -22,6 +22,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer, EncoderDecoderCache
 
 from onnx_hierarchy.errors import InputSpecError, TaskError, summarize
+from onnx_hierarchy.hf._cache_names import PAST_NAMES, PRESENT_NAMES
 from onnx_hierarchy.hf._inputs import ModelInputs, generate_inputs
 from onnx_hierarchy.hf._shapes import InputShapes
 
@@ -211,7 +212,7 @@ def _decoder_part(model: torch.nn.Module, shapes: InputShapes) -> GraphPart:
             name = f"past_key_values_{index}_{kind}"
             tensors[name] = torch.randn(batch, shape[1], past, shape[3], generator=generator)
             axes[name] = {0: "batch", 2: "past_sequence"}
-            onnx_names[name] = f"past_key_values.{index}.{kind}"
+            onnx_names[name] = PAST_NAMES[kind == "value"] % index
     count = len(layers)
 
     def forward(**kwargs: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -226,8 +227,8 @@ def _decoder_part(model: torch.nn.Module, shapes: InputShapes) -> GraphPart:
         )
         result = {"logits": output.logits}
         for i, layer in enumerate(output.cache.layers):
-            result[f"present.{i}.key"] = layer.keys
-            result[f"present.{i}.value"] = layer.values
+            result[PRESENT_NAMES[0] % i] = layer.keys
+            result[PRESENT_NAMES[1] % i] = layer.values
         return result
 
     _signature(forward, list(tensors))
@@ -375,4 +376,3 @@ def _seq2seq_decoder_part(
     _signature(forward, list(tensors))
     name = SEQ2SEQ_WITH_PAST_PART if past else SEQ2SEQ_DECODER_PART
     return GraphPart(name, forward, ModelInputs(tensors, axes), onnx_names)
-

@@ -1,2 +1,1 @@
-"""Reading a model module by module: statistics, data-flow graphs, differences and tag validation.
-"""
+"""Reading a model module by module: statistics, data-flow graphs, differences and tag validation."""

@@ -1,2 +1,1 @@
-"""Module-level surgery: cutting modules out of a tagged model as standalone ONNX models.
-"""
+"""Module-level surgery: cutting modules out of a tagged model as standalone ONNX models."""

@@ -1,2 +1,1 @@
-"""Running ONNX models in ONNX Runtime under one session policy, generating inputs and comparing arrays.
-"""
+"""Running ONNX models in ONNX Runtime under one session policy, generating inputs and comparing arrays."""

@@ -1,2 +1,1 @@
-"""Writing hierarchy tags onto ONNX nodes: the torch-free tag writer and the torch module stacks.
-"""
+"""Writing hierarchy tags onto ONNX nodes: the torch-free tag writer and the torch module stacks."""

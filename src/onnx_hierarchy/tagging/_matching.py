@@ -195,6 +195,7 @@ class _Matcher:
             if values:
                 origins[i] = self._by_region(i, values, claimed)
         self._absorb_leftovers(origins, written)
+        self._place_by_own_sources(origins, written)
         self._from_neighbours(origins)
         return Derivation(self.source, self.derived, tuple(o for o in origins if o is not None))
 
@@ -261,6 +262,22 @@ class _Matcher:
                 origins[index] = Origin(Evidence.REPLACED, sources, self.stacks[sources[0]])
             else:
                 origins[index] = Origin(Evidence.FUSED, sources, self._fused_stack(self.stacks[first], sources))
+
+    def _place_by_own_sources(self, origins: list[Origin | None], written: Sequence[Sequence[str]]) -> None:
+        """Places each fused node by the source nodes it alone stands for, when it has some: what several
+        fused nodes absorbed (the mask and rotary tables a decoder prepares once for all its layers, in
+        each layer's GroupQueryAttention) says nothing of which layer a node is in. Every source node
+        still counts in ``hierarchy.fused``."""
+        owners = collections.Counter(
+            source for o in origins if o is not None and o.evidence is Evidence.FUSED for source in o.sources
+        )
+        for index, origin in enumerate(origins):
+            if origin is None or origin.evidence is not Evidence.FUSED:
+                continue
+            own = [source for source in origin.sources if owners[source] == 1]
+            if own and len(own) < len(origin.sources):
+                first = self.source_producer[written[index][0]] if written[index] else own[-1]
+                origins[index] = Origin(origin.evidence, origin.sources, self._fused_stack(self.stacks[first], own))
 
     def _by_region(self, index: int, written: Sequence[str], claimed: Mapping[int, int]) -> Origin:
         """A node writing source values stands for the source nodes that computed them."""

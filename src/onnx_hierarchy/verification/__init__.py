@@ -1,2 +1,1 @@
-"""``verify``: an ONNX model against PyTorch or another ONNX model, module call by module call.
-"""
+"""``verify``: an ONNX model against PyTorch or another ONNX model, module call by module call."""
