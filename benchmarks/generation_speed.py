@@ -12,7 +12,7 @@ as a transformers checkpoint, so that both sides start from the very same weight
    (the steps after the prompt's) and total tokens/s (the prompt step included), ours in our loop
    (``decode_decoder``, ONNX Runtime at its default optimization level, as deployed) and inside
    onnxruntime-genai (``decode_genai``), genai's files in genai, and transformers' ``generate()``; at 1
-   intra-op thread and at all threads; best of 3 interleaved rounds, then ours / genai builder ratios;
+   intra-op thread and at all threads; best of 5 interleaved rounds, then ours / genai builder ratios;
 3. how many leading tokens each int4 file agrees with its own float32 file, greedy, on 5 chat prompts.
 
 With ``--recompute``, as well: the with-past export's time against a plain ``torch.export`` +
@@ -24,7 +24,7 @@ Files are cached under ``build/bench/generation`` (``--rebuild`` makes them agai
 the exporter or the optimizer). Timings on a shared machine vary: only ratios measured in the same run mean
 anything, and none is asserted.
 
-    python benchmarks/generation_speed.py [--new-tokens 128] [--rounds 3] [--fusions NAME] [--recompute] [--rebuild]
+    python benchmarks/generation_speed.py [--new-tokens 128] [--rounds 5] [--fusions NAME] [--recompute] [--rebuild]
 """
 
 from __future__ import annotations
@@ -213,11 +213,13 @@ def side_by_side(
 ) -> dict[tuple[str, int], tuple[Run, Run]]:
     """For each engine and thread count, the run with the best decode rate and the one with the best total
     rate over ``rounds`` rounds, every engine once per round (interleaved, so a slow spell of the shared
-    machine touches all of them)."""
+    machine touches all of them), each round starting one engine further on (no engine always runs
+    right after the same other one)."""
     best: dict[tuple[str, int], tuple[Run, Run]] = {}
     for number in range(rounds):
+        shift = number % len(engines)
         for threads in (1, ALL_THREADS):
-            for engine in engines:
+            for engine in engines[shift:] + engines[:shift]:
                 run = decode(engine, ids, new_tokens, eos, threads, model)
                 key = (engine.label, threads)
                 fastest = best.get(key, (run, run))
@@ -306,12 +308,13 @@ def recompute(checkpoint: Path, ours: dict[str, Path], ids: np.ndarray, new_toke
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--fusions", default="genai", help="also ours optimized with these fusions ('none': not)")
     parser.add_argument("--recompute", action="store_true", help="also the export ratio and full recompute")
     parser.add_argument("--rebuild", action="store_true", help="make every cached file again")
     args = parser.parse_args()
     new_tokens, rebuild = args.new_tokens, args.rebuild
+    transformers.utils.logging.disable_progress_bar()
 
     gguf = smollm2_gguf()
     checkpoint = cached(BUILD / "checkpoint", rebuild, lambda folder: save_checkpoint(gguf, folder))

@@ -189,13 +189,26 @@ def test_generate_cli_prints_both_continuations(
 
 @pytest.mark.slow
 def test_real_smollm2_answers_the_chat_prompt_as_transformers_does(smollm2: Path, tmp_path: Path) -> None:
-    output = tmp_path / "smollm2.onnx"
+    """SmolLM2 exported to a deployable folder answers as transformers does in our loop and, unchanged, in
+    onnxruntime-genai; fused for genai (GroupQueryAttention in all 30 layers) it still does."""
+    output = tmp_path / "smollm2"
     result = onnx_hierarchy.export(smollm2, output, task="text-generation-with-past")
     assert result.check is not None and result.check.passed, result.check
     assert result.inferred == 0 and result.record.weights == "pretrained" and result.record.source_kind == "gguf"
-    generated = onnx_hierarchy.generate(output, "What is the capital of France?", chat=True, max_new_tokens=32)
+    prompt = {"prompt": "What is the capital of France?", "chat": True, "max_new_tokens": 32}
+    generated = onnx_hierarchy.generate(output, **prompt)
     assert generated.identical, (generated.onnx.text, generated.torch.text)
     assert generated.onnx.text is not None and "Paris" in generated.onnx.text
+    assert generated.torch is not None
+    in_genai = onnx_hierarchy.generate(output, runtime="genai", reference=False, **prompt)
+    assert in_genai.onnx.tokens == generated.torch.tokens
+
+    fused = onnx_hierarchy.optimize(output, tmp_path / "smollm2-fused", fusions="genai")
+    assert fused.check is not None and fused.check.passed, fused.check
+    assert fused.steps[0].new_ops["GroupQueryAttention"] == 30 and fused.steps[0].notes == ()
+    for runtime in ("genai", "ort"):
+        decoded = onnx_hierarchy.generate(fused.output, runtime=runtime, reference=False, **prompt)
+        assert decoded.onnx.tokens == generated.torch.tokens, runtime
 
 
 def test_a_folder_export_replaces_every_part_of_an_earlier_one(

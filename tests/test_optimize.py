@@ -407,7 +407,7 @@ def test_int4_quantizes_a_tied_lm_head_and_the_embedding(tied_llama: Path, tmp_p
     assert producers[head.input[1]].input[0] == table
 
     result = onnx_hierarchy.optimize(tied_llama, tmp_path / "int4.onnx", quantize="int4")
-    assert result.check is not None and result.check.passed and result.check.tolerance.min_sqnr == 10.0
+    assert result.check is not None and result.check.passed and result.check.tolerance.min_sqnr == 3.0
     model = onnx.load(result.output)
     weights = _float_weights(model)
     producers = {o: n for n in model.graph.node for o in n.output}

@@ -14,9 +14,12 @@ tolerance is the loosest that the steps separating the two sides call for:
 - float16 / bfloat16 (an export in that dtype, ``optimize --fp16``): 1e-2 / 5e-2;
 - quantization (int8 dynamic or QDQ, int4): errors proportional to the signal, so judged by the
   signal-to-quantization-noise ratio of each output, ``10 log10(sum(expected²) / sum(error²))``: at least
-  20 dB for int8 (an RMS error within 10 % of the signal), 10 dB for int4 (within 32 %). Measured on the
-  tiny test models with perturbed weights, model outputs: int8 33–42 dB, int4 15–50 dB, fp16 62–68 dB;
-  single module calls of int4 files down to 11 dB (T5's decoder attention output, 32-element rows).
+  20 dB for int8 (an RMS error within 10 % of the signal), 3 dB for int4 (error power at most half the
+  signal's; a file computing something else is at 0 dB or below). Measured on the tiny test models with
+  perturbed weights, model outputs: int8 33–42 dB, int4 15–50 dB, fp16 62–68 dB; single module calls of
+  int4 files down to 11 dB (T5's decoder attention output, 32-element rows). A real decoder's int4 is far
+  lower where errors pile up: SmolLM2-135M's (onnxruntime-genai's model builder's and ours alike, to the
+  tenth of a dB) logits 12.6 dB, its last layer's value cache 4.6 dB.
 
 Nothing heavy is imported here, so the command line takes its defaults from this module at no cost.
 """
@@ -72,7 +75,7 @@ SAME_ARITHMETIC = Tolerance(1e-6, 0.0, basis="same arithmetic")
 _REORDERED = Tolerance(1e-4, 1e-3, basis="float32")
 _HALF = {"float16": Tolerance(1e-2, 1e-2, basis="float16"), "bfloat16": Tolerance(5e-2, 5e-2, basis="bfloat16")}
 _INT8_SQNR = 20.0
-_INT4_SQNR = 10.0
+_INT4_SQNR = 3.0
 
 
 def given(atol: float, rtol: float = 0.0) -> Tolerance:
