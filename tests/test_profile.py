@@ -90,14 +90,20 @@ def _median_ms(path: Path, feeds: dict[str, np.ndarray], runs: int = 30) -> floa
 
 
 @pytest.mark.slow
-def test_bert_base_layers_take_the_same_time(tmp_path: Path) -> None:
-    """12 identical layers at sequence 128: each within 15% of their mean; self times add up to the kernels."""
+def test_bert_base_layers_get_the_same_kernels(tmp_path: Path) -> None:
+    """12 identical layers at sequence 128: each is attributed the same kernels (module by module, op by op)
+    and some time; self times add up to the kernels. Not their times' equality: a test on the other core
+    spreads identical layers by 30 % even in their fastest of 10 runs."""
     transformers.BertConfig().save_pretrained(tmp_path / "config")  # BERT-base: 12 layers, hidden 768
     path = onnx_hierarchy.export(tmp_path / "config", tmp_path / "model.onnx", shapes=AT_128, check=False).output
     result = onnx_hierarchy.profile(path, runs=10, warmup=2)
-    layers = [result.module(f"encoder.layer.{i}").total_ms for i in range(12)]
-    mean = statistics.mean(layers)
-    assert all(abs(ms - mean) <= 0.15 * mean for ms in layers), layers
+    kernels = []
+    for index in range(12):
+        layer = f"encoder.layer.{index}"
+        inside = [m for m in result.modules if m.module == layer or m.module.startswith(layer + ".")]
+        kernels.append(sorted((m.module[len(layer) :], op) for m in inside for op in m.ops))
+        assert result.module(layer).total_ms > 0
+    assert kernels[0] and all(layer == kernels[0] for layer in kernels), kernels
     assert sum(m.self_ms for m in result.modules) == pytest.approx(result.total_ms, rel=0.01)
 
 
