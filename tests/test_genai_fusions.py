@@ -17,6 +17,7 @@ import transformers
 
 import onnx_hierarchy
 from architectures import tiny_config
+from conftest import Exported
 from onnx_hierarchy import schema
 from onnx_hierarchy.core._traversal import ir_nodes
 from onnx_hierarchy.exporting._export import ExportResult
@@ -121,3 +122,15 @@ def test_fused_folder_shares_one_cache_buffer_in_genai(deployed: ExportResult, t
     profiled = onnx_hierarchy.profile(fused.output / "model.onnx", runs=2, warmup=1).to_json()
     classes = {row["class"]: row for row in profiled["classes"]}
     assert classes["LlamaAttention"]["ms"] > 0 and "LlamaMLP" in classes
+
+
+def test_a_model_without_a_cache_says_no_attention_was_fused(
+    exported: Callable[[str], Exported], tmp_path: Path
+) -> None:
+    """BERT has no cache for GroupQueryAttention to keep: the step says so, and still fuses its norms."""
+    result = onnx_hierarchy.optimize(exported("bert").result.output, tmp_path / "fused.onnx", fusions="genai")
+
+    assert result.check is not None and result.check.passed, result.check
+    (step,) = result.steps
+    assert step.notes == ("no attention fused: not a with-past decoder (no present.N.key/value outputs)",)
+    assert "GroupQueryAttention" not in step.new_ops and step.new_ops

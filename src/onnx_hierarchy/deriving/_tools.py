@@ -110,13 +110,14 @@ def _genai_fusions(source: Path, output: Path, attention: AttentionFusion | str 
     import onnx_ir as ir
 
     model = ir.load(source)
-    notes = []
     # A tied lm_head reads the embedding through Transpose: onnxscript would fuse it into a FusedMatMul
     # neither genai's runtime nor the int4 quantizer treats as a MatMul.
     _fold_weight_transposes(model.graph)
     if isinstance(attention, AttentionFusion):
         done = fuse_attention(model, attention)
         notes = [f"{module}: attention left unfused: {reason}" for module, reason in done.left.items()]
+        if not done.fused and not done.left:
+            notes = ["no attention fused: not a with-past decoder (no present.N.key/value outputs)"]
     else:
         notes = [f"attention left unfused: {attention or 'not a with-past decoder'}"]
     model = _onnxscript_fused(model)
