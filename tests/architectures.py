@@ -84,6 +84,9 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     },
     # Shares one activation instance across layers: named_modules() lists it under every name.
     "xlm": {"emb_dim": 32, "n_layers": 2, "n_heads": 2, "vocab_size": 99},
+    # Mixture of experts (expert widths a multiple of 16: PyTorch's grouped_mm needs 16-byte strides).
+    # Hybrid and state-space caches.
+    # Vision-language.
 }
 
 # A model torch.export cannot trace (a data-dependent guard in its sliding-window attention), which still

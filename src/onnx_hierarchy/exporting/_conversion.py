@@ -12,6 +12,7 @@ import torch.utils._pytree as pytree
 
 from onnx_hierarchy.core import _quiet
 from onnx_hierarchy.errors import ConversionError, InputSpecError, TraceError, reraise_interrupt, summarize
+from onnx_hierarchy.exporting._translations import translations
 from onnx_hierarchy.hf._inputs import ModelInputs
 from onnx_hierarchy.hf._module_tree import count_calls
 
@@ -99,6 +100,7 @@ def convert(traced: TracedModel, inputs: ModelInputs, *, opset: int | None, opti
                 dynamic_shapes=axis_names,
                 output_names=output_names(traced.program),
                 opset_version=opset,
+                custom_translation_table=translations(),
                 dynamo=True,
                 optimize=optimize,
                 verbose=False,
