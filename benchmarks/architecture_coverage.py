@@ -189,6 +189,8 @@ SHRINK: dict[str, int] = {
     **dict.fromkeys(("num_experts_per_tok", "moe_topk"), EXPERTS_PER_TOKEN),
     **dict.fromkeys(("n_shared_experts", "num_shared_experts", "n_group", "topk_group", "n_groups"), 1),
     "mamba_n_groups": 1,
+    # Dense layers before the first mixture-of-experts layer: one, so the two tiny layers keep an MoE layer.
+    "first_k_dense_replace": 1,
     "num_kv_shared_layers": 0,
     "context_size": POSITIONS // 2,
     "num_windows": 4,
@@ -332,6 +334,8 @@ def shrink_config_dict(data: dict[str, Any], token_ids: dict[int, int] | None = 
         _renumber_backbone_outputs(out)
     if rope_dim is not None:
         _shrink_mrope_sections(out, *rope_dim)
+    if _is_int(data.get("head_dim")) and data.get("head_dim") == data.get("qk_rope_head_dim"):
+        out["head_dim"] = out["qk_rope_head_dim"]  # multi-head latent attention: rotary tables are head_dim wide
     out.update(OVERRIDES.get(str(out.get("model_type")), {}))
     return out
 

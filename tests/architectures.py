@@ -85,8 +85,125 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     # Shares one activation instance across layers: named_modules() lists it under every name.
     "xlm": {"emb_dim": 32, "n_layers": 2, "n_heads": 2, "vocab_size": 99},
     # Mixture of experts (expert widths a multiple of 16: PyTorch's grouped_mm needs 16-byte strides).
+    "mixtral": {
+        **_TEXT,
+        "intermediate_size": 32,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 64,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+    },
+    "qwen3_moe": {
+        **_TEXT,
+        "intermediate_size": 32,
+        "moe_intermediate_size": 16,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "max_position_embeddings": 64,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+    },
+    # Multi-head latent attention (its cache holds the compressed latents); layer 0 dense, layer 1 experts,
+    # routed in 2 groups of 2 experts, 1 group kept per token.
+    "deepseek_v3": {
+        **_TEXT,
+        "intermediate_size": 32,
+        "moe_intermediate_size": 16,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "n_group": 2,
+        "topk_group": 1,
+        "n_shared_experts": 1,
+        "first_k_dense_replace": 1,
+        "q_lora_rank": 16,
+        "kv_lora_rank": 16,
+        "qk_rope_head_dim": 8,
+        "qk_nope_head_dim": 8,
+        "v_head_dim": 16,
+    },
     # Hybrid and state-space caches.
+    # Weights wider than the default 0.02: with tied embeddings a tiny Mamba otherwise repeats its last token.
+    "mamba": {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "vocab_size": 99,
+        "state_size": 8,
+        "intermediate_size": 64,
+        "conv_kernel": 4,
+        "time_step_rank": 4,
+        "initializer_range": 0.5,
+    },
+    # Layer 0 Mamba, layer 1 attention with mixture-of-experts feed-forward.
+    "jamba": {
+        **_TEXT,
+        "intermediate_size": 32,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 64,
+        "attn_layer_period": 2,
+        "attn_layer_offset": 1,
+        "expert_layer_period": 2,
+        "expert_layer_offset": 1,
+        "num_experts": 2,
+        "num_experts_per_tok": 1,
+        "mamba_d_state": 8,
+        "mamba_d_conv": 4,
+        "mamba_expand": 2,
+        "mamba_dt_rank": 4,
+    },
     # Vision-language.
+    # Image tokens (at image_token_id) as many as the vision side gives one image: LLaVA 16 patches (32 px, 8-px
+    # patches, the class token dropped), Gemma 3 the 16 patches pooled to 4, Qwen2.5-VL an 8x8 patch grid merged
+    # 2x2 (two 16-px attention windows per side).
+    "llava": {
+        "vision_config": {"model_type": "clip_vision_model", **_TEXT, "image_size": 32, "patch_size": 8},
+        "text_config": {"model_type": "llama", **_TEXT, "num_key_value_heads": 1, "max_position_embeddings": 128},
+        "image_token_index": 3,
+        "image_seq_length": 16,
+        "vision_feature_layer": -1,
+    },
+    "gemma3": {
+        "vision_config": {"model_type": "siglip_vision_model", **_TEXT, "image_size": 32, "patch_size": 8},
+        "text_config": {
+            "model_type": "gemma3_text",
+            **_TEXT,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "max_position_embeddings": 128,
+            "sliding_window": 8,
+        },
+        "mm_tokens_per_image": 4,
+        "image_token_index": 3,
+        "boi_token_index": 4,
+        "eoi_token_index": 5,
+    },
+    "qwen2_5_vl": {
+        "vision_config": {
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_heads": 2,
+            "out_hidden_size": 32,
+            "patch_size": 4,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 16,
+            "fullatt_block_indexes": [1],
+        },
+        "text_config": {
+            **_TEXT,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 128,
+            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        },
+        "image_token_id": 3,
+        "video_token_id": 4,
+        "vision_start_token_id": 5,
+        "vision_end_token_id": 6,
+    },
 }
 
 # A model torch.export cannot trace (a data-dependent guard in its sliding-window attention), which still

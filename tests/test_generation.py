@@ -3,7 +3,6 @@ with the exported cache giving exactly transformers' tokens."""
 
 from __future__ import annotations
 
-import ast
 import json
 import shutil
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from architectures import GENERATIVE, tiny_config
 from conftest import RunCli
 from onnx_hierarchy import schema
 from onnx_hierarchy.hf._source import TASKS
-from onnx_hierarchy.schema import TagSource
+from tag_assertions import assert_traced_and_tagged
 
 _NEW_TOKENS = 32
 
@@ -60,19 +59,6 @@ def _onnx_files(output: Path) -> list[Path]:
     return sorted(output.glob("*.onnx")) if output.is_dir() else [output]
 
 
-def _assert_tags_are_the_models(path: Path, model_paths: set[str]) -> None:
-    """Every node traced, tagged with a module path of the user's model, as torch's own scopes say."""
-    model = ir.load(path)
-    for node in model.graph:
-        tag = schema.read_node_tag(node)
-        assert tag is not None and tag.source is TagSource.TRACED, node.name
-        assert tag.module in model_paths, tag.module
-        raw = node.metadata_props.get(schema.TORCH_NAME_SCOPES_KEY)
-        if raw is not None:
-            scopes = ast.literal_eval(raw)
-            assert tag.module == (scopes[-2].split("@")[0] if len(scopes) >= 2 else ""), node.name
-
-
 @pytest.mark.parametrize("model_type", sorted(GENERATIVE))
 def test_saved_checkpoint_exports_with_past_and_generates_transformers_tokens(
     model_type: str, checkpoint: Callable[[str], Path], tmp_path: Path
@@ -88,7 +74,7 @@ def test_saved_checkpoint_exports_with_past_and_generates_transformers_tokens(
     reference = getattr(transformers, TASKS[task][0]).from_pretrained(checkpoint(model_type))
     model_paths = {path for path, _ in reference.named_modules(remove_duplicate=False)}
     for path in _onnx_files(output):
-        _assert_tags_are_the_models(path, model_paths)
+        assert_traced_and_tagged(path, model_paths)
         record = schema.read_export_record(ir.load(path))
         assert record is not None and record.use_cache and record.part == path.stem
     with_past = ir.load(output / "decoder_with_past_model.onnx" if seq2seq else output)
@@ -116,7 +102,7 @@ def test_saved_checkpoint_exports_without_past(
     reference = getattr(transformers, TASKS[task][0]).from_pretrained(checkpoint(model_type))
     model_paths = {path for path, _ in reference.named_modules(remove_duplicate=False)}
     for path in _onnx_files(output):  # no cache in, no cache out; tags as torch traced them
-        _assert_tags_are_the_models(path, model_paths)
+        assert_traced_and_tagged(path, model_paths)
         model = ir.load(path)
         names = [str(v.name) for v in [*model.graph.inputs, *model.graph.outputs]]
         assert not any("past" in name or "present" in name for name in names)

@@ -80,12 +80,14 @@ def export_command(
     """Export MODEL (Hub id, checkpoint folder, GGUF file or config.json) to OUTPUT.onnx with hierarchy tags.
 
     \b
-    Seq2seq generation tasks write a folder (encoder_model.onnx, ...); a with-past
-    decoder exported to a name without .onnx is a folder onnxruntime-genai and
-    Optimum load as is (model.onnx, genai_config.json, config, tokenizer):
+    Seq2seq and image-text generation tasks write a folder (encoder_model.onnx,
+    vision.onnx, ...); a with-past decoder exported to a name without .onnx is a
+    folder onnxruntime-genai and Optimum load as is (model.onnx,
+    genai_config.json, config, tokenizer):
       onnx-hierarchy export ./ckpt model.onnx --task text-generation-with-past
       onnx-hierarchy export ./ckpt ckpt-genai --task text-generation-with-past
       onnx-hierarchy export ./t5 t5-onnx/ --task text2text-generation-with-past
+      onnx-hierarchy export ./llava llava/ --task image-text-to-text-with-past
     """
     from onnx_hierarchy.exporting._export import export
 

@@ -38,6 +38,11 @@ if TYPE_CHECKING:
     "--ignore-eos", is_flag=True, help="End-of-sequence tokens suppressed: all --max-new-tokens, a forced length."
 )
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template.")
+@click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The image of a vision-language EXPORT's prompt (image-text-to-text-with-past), encoded with --prompt.",
+)
 @click.option("--model", "source", help="PyTorch source (Hub id, checkpoint, config). Default: the one recorded.")
 @click.option(
     "--no-reference",
@@ -66,6 +71,7 @@ def generate_command(
     min_new_tokens: int,
     ignore_eos: bool,
     chat: bool,
+    image: Path | None,
     source: str | None,
     no_reference: bool,
     reference: Path | None,
@@ -85,6 +91,7 @@ def generate_command(
       onnx-hierarchy generate lm.onnx --prompt Once --no-reference --ignore-eos
       onnx-hierarchy generate lm-int4.onnx --prompt Hi --reference lm.onnx
       onnx-hierarchy generate smollm2-genai/ --prompt "Once" --runtime genai
+      onnx-hierarchy generate llava-onnx/ --image cat.png --prompt "What is it?"
     """
     from onnx_hierarchy.generation._generate import generate
     from onnx_hierarchy.runtime._feeds import read_npz
@@ -109,6 +116,7 @@ def generate_command(
             max_new_tokens=max_new_tokens,
             min_new_tokens=max_new_tokens if ignore_eos else min_new_tokens,
             chat=chat,
+            image=image,
             source=source,
             reference=reference if reference is not None else not no_reference,
             on_token=stream,

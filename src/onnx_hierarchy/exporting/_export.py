@@ -20,7 +20,7 @@ from onnx_hierarchy.core._traversal import ir_nodes
 from onnx_hierarchy.errors import InputSpecError, TraceError
 from onnx_hierarchy.exporting import _conversion
 from onnx_hierarchy.exporting._check import compare_with_torch
-from onnx_hierarchy.hf import _deploy, _flat_cache, _inputs, _module_tree, _source
+from onnx_hierarchy.hf import _deploy, _flat_cache, _inputs, _module_tree, _multimodal, _source
 from onnx_hierarchy.hf._shapes import InputShapes, check_sizes
 from onnx_hierarchy.runtime import _tolerance
 from onnx_hierarchy.runtime._compare import Comparison
@@ -237,7 +237,8 @@ def export(
             check_sizes(source.config, shapes, available=0 if structure_only else None)
         # A with-past decoder into a name without .onnx: the folder onnxruntime-genai and Optimum load.
         deployable = with_past and _flat_cache.GENERATIVE_TASKS.get(task_name) == "decoder" and output.suffix != ".onnx"
-        folder = deployable or _flat_cache.writes_folder(task_name)  # seq2seq generation: encoder and decoders
+        image_text = with_past and task_name == _multimodal.TASK  # vision, embedding and text files
+        folder = deployable or image_text or _flat_cache.writes_folder(task_name)  # seq2seq: encoder and decoders
         generation = with_past or folder
         replaced = False
         if folder:
@@ -254,12 +255,15 @@ def export(
                 raise InputSpecError(
                     "--input-spec describes the inputs of plain exports; generation exports make their own"
                 )
-            parts = _flat_cache.generation_parts(torch_model, task_name, with_past, shapes)
+            if image_text:
+                parts = _multimodal.image_text_parts(torch_model, shapes)
+            else:
+                parts = _flat_cache.generation_parts(torch_model, task_name, with_past, shapes)
         else:
             inputs = _inputs.generate_inputs(torch_model, shapes)
             if input_spec is not None:
                 inputs = _inputs.apply_input_spec(inputs, Path(input_spec), torch_model)
-            parts = [_flat_cache.GraphPart(None, None, inputs, {})]
+            parts = [_multimodal.plain_part(torch_model, inputs)]
         parts = [dataclasses.replace(p, inputs=p.inputs.floats_in(torch_dtype)) for p in parts]
         if structure_only:
             parts = [dataclasses.replace(p, inputs=_on_meta(p.inputs)) for p in parts]
@@ -270,6 +274,11 @@ def export(
         notes.append(
             f"{source.spec} lacks {len(built.new_parameters)} parameter(s) of {model_class.__name__} ({shown}): "
             f"drawn at random from seed {seed}, as a new head is"
+        )
+    if built.experts == "batched_mm":
+        notes.append(
+            "expert widths are not multiples of 16 bytes, which PyTorch's grouped matmul needs: the experts run "
+            "batched_mm (each token gathers its experts' weights: long prompts are slower)"
         )
     if replaced:
         notes.append(f"replaces the existing {output}")
@@ -307,6 +316,8 @@ def export(
             written.extend(files)
         if deployable:
             written.extend(_deploy.write_deployment(staging, torch_model, source, results[0].record))
+        if image_text:
+            written.extend(_multimodal.write_companions(staging, torch_model, source))
     moved = [output / f.relative_to(staging) for f in written]
     for name in set(_flat_cache.SEQ2SEQ_PARTS) - {str(p.name) for p in parts}:  # parts of an earlier export
         stale = output / f"{name}.onnx"

@@ -217,6 +217,7 @@ def generate(
     max_new_tokens: int = DEFAULT_NEW_TOKENS,
     min_new_tokens: int = 0,
     chat: bool = False,
+    image: str | os.PathLike[str] | None = None,
     source: str | None = None,
     reference: bool | str | os.PathLike[str] = True,
     on_token: TokenCallback | None = None,
@@ -235,6 +236,8 @@ def generate(
         min_new_tokens: End-of-sequence tokens are suppressed until this many tokens are generated, on
             every side; ``max_new_tokens`` forces the length (the CLI's ``--ignore-eos``).
         chat: Wrap the prompt in the tokenizer's chat template as one user message.
+        image: The image of a vision-language export's prompt (``image-text-to-text-with-past``), encoded with
+            the prompt by the folder's processor (else the source's).
         source: The PyTorch model; default: the source recorded at export.
         reference: What the tokens are compared with: ``True``, transformers' ``generate()`` on the
             source; ``False``, nothing (ONNX Runtime alone, the source read only for its tokenizer and
@@ -267,7 +270,9 @@ def generate(
         raise InputSpecError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     if runtime == "genai":
         _check_genai(Path(export))
+    from onnx_hierarchy.generation import _multimodal
     from onnx_hierarchy.hf._flat_cache import DECODER_PART, SEQ2SEQ_DECODER_PART
+    from onnx_hierarchy.hf._multimodal import TASK, TEXT_PART
     from onnx_hierarchy.hf._rebuild import rebuild, source_of
 
     clock = StageClock(progress)
@@ -275,7 +280,10 @@ def generate(
     with clock("read"):
         parts = _read_parts(Path(export))
         other_parts = None if other is None else _read_parts(other)
-    main = parts.get(DECODER_PART) or parts[SEQ2SEQ_DECODER_PART]
+    image_text = TEXT_PART in parts  # a vision-language folder: vision, embedding, text
+    if image is not None and not image_text:
+        raise InputSpecError(f"--image: {export} is not a vision-language export (--task {TASK}-with-past)")
+    main = parts.get(DECODER_PART) or parts.get(TEXT_PART) or parts[SEQ2SEQ_DECODER_PART]
     if other_parts is not None:
         _check_same_model(parts, other_parts)
     model: Any = None
@@ -288,14 +296,18 @@ def generate(
             resolved = source_of(main, source)
             spec, settings = resolved.spec, _Settings.of(resolved)
         tokenizer = None
-        if prompt is not None:
+        if prompt is not None and image_text:
+            tokenizer, inputs = _multimodal.encode_image_prompt(Path(export), spec, prompt, image, chat)
+        elif prompt is not None:
             from onnx_hierarchy.hf._tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(spec, "pass the prompt's arrays with --inputs FILE.npz")
             inputs = _encode(tokenizer, prompt, chat)
         assert inputs is not None
         arrays = {name: np.asarray(array) for name, array in inputs.items()}
-        _check_length(settings, arrays, max_new_tokens, seq2seq=DECODER_PART not in parts)
+        if image_text:
+            arrays = _multimodal.complete_inputs(arrays, settings.config)
+        _check_length(settings, arrays, max_new_tokens, seq2seq=SEQ2SEQ_DECODER_PART in parts)
         eos = settings.eos_tokens()
     told: list[int] = []
 
@@ -308,6 +320,10 @@ def generate(
         if runtime == "genai":
             folder = which[DECODER_PART].path.parent
             tokens, seconds = decode_genai(folder, arrays, max_new_tokens, policy, min_new_tokens, on_token=each)
+        elif TEXT_PART in which:
+            tokens, seconds = _multimodal.decode_image_text(
+                which, arrays, max_new_tokens, min_new_tokens, eos, settings.config, policy, each
+            )
         elif DECODER_PART in which:
             path = which[DECODER_PART].path
             tokens, seconds = decode_decoder(path, arrays, max_new_tokens, eos, policy, min_new_tokens, on_token=each)
@@ -387,8 +403,12 @@ class _Settings:
 
 def _read_parts(export: Path) -> dict[str, TaggedModel]:
     """The ONNX files of a with-past export, by part."""
+    from onnx_hierarchy.generation._multimodal import read_parts
     from onnx_hierarchy.hf._flat_cache import DECODER_PART, SEQ2SEQ_PARTS
 
+    image_text = read_parts(export)  # vision.onnx, embedding.onnx, text.onnx
+    if image_text is not None:
+        return image_text
     if export.is_dir() and (export / "model.onnx").is_file():  # a deployable folder (export to a name without .onnx)
         export = export / "model.onnx"
     if export.is_dir():
@@ -471,18 +491,34 @@ def _check_length(settings: _Settings, arrays: Mapping[str, np.ndarray], max_new
 
 
 def _empty_past(runner: Any) -> dict[str, np.ndarray]:
-    """Past inputs of length 0: ``[1, heads, 0, head_dim]``, the heads, head size and float type from the graph."""
-    return {
-        i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=np.float16 if "float16" in i.type else np.float32)
-        for i in runner.get_inputs()
-        if i.name.startswith("past_key_values.")
-    }
+    """Past inputs of length 0: ``[1, heads, 0, head_dim]``, the heads, head size and float type from the
+    graph; a layer's convolution or recurrent state (``past_conv.*``, ``past_ssm.*``) is zeros of its fixed
+    size, the state before the first token."""
+    from onnx_hierarchy.hf._cache_names import STATE_PREFIXES
+
+    empty = {}
+    for i in runner.get_inputs():
+        dtype = np.float16 if "float16" in i.type else np.float32
+        if i.name.startswith("past_key_values."):
+            empty[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=dtype)
+        elif i.name.startswith(STATE_PREFIXES):
+            empty[i.name] = np.zeros((1, *i.shape[1:]), dtype=dtype)
+    return empty
 
 
 def _as_past(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Outputs ``present.*`` become the next step's inputs ``past_key_values.*``."""
-    prefix = "present."
-    return {"past_key_values." + name[len(prefix) :]: v for name, v in outputs.items() if name.startswith(prefix)}
+    """Outputs ``present.*`` (``present_conv.*``, ...) become the next step's inputs ``past_key_values.*``
+    (``past_conv.*``, ...)."""
+    from onnx_hierarchy.hf._cache_names import past_name
+
+    renamed = {past_name(name): value for name, value in outputs.items()}
+    return {name: value for name, value in renamed.items() if name is not None}
+
+
+def _one_token(runner: Any) -> bool:
+    """Whether the graph takes one token per run (a state-space decoder's): the prompt goes a token at a time."""
+    ids = next((i for i in runner.get_inputs() if i.name == "input_ids"), None)
+    return ids is not None and len(ids.shape) == 2 and ids.shape[1] == 1
 
 
 def decode_decoder(
@@ -495,30 +531,32 @@ def decode_decoder(
     *,
     on_token: Callable[[int], None] | None = None,
 ) -> tuple[tuple[int, ...], float]:
-    """The decoder-only loop: the prompt with an empty past, then one token at a time, until an ``eos``
-    token (none: all ``max_new_tokens``; never one of the first ``min_new_tokens``), each token told to
-    ``on_token`` as it comes. Returns the tokens and the loop's seconds."""
+    """The decoder-only loop: the prompt with an empty past (a token at a time for a graph that takes one,
+    a state-space decoder's), then one token at a time, until an ``eos`` token (none: all
+    ``max_new_tokens``; never one of the first ``min_new_tokens``), each token told to ``on_token`` as it
+    comes. Returns the tokens and the loop's seconds."""
     runner = session(path, policy=policy)
     accepted = {i.name for i in runner.get_inputs()}
     outputs = [o.name for o in runner.get_outputs()]
     ids = arrays["input_ids"]
-    feeds: dict[str, np.ndarray] = {"input_ids": ids, **_empty_past(runner)}
+    one_token = _one_token(runner)
+    feeds: dict[str, np.ndarray] = {"input_ids": ids[:, :1] if one_token else ids, **_empty_past(runner)}
     length = ids.shape[1]
     tokens: list[int] = []
     start = time.perf_counter()
+    total = 0  # tokens the cache holds once the step runs
     while len(tokens) < max_new_tokens:
-        total = length + len(tokens)
         step = feeds["input_ids"].shape[1]
+        total += step
         feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
         feeds["position_ids"] = np.arange(total - step, total, dtype=np.int64)[None]
         result = dict(zip(outputs, runner.run(outputs, {k: v for k, v in feeds.items() if k in accepted}), strict=True))
-        token = _next_token(result["logits"][0, -1], eos if len(tokens) < min_new_tokens else frozenset())
-        tokens.append(token)
-        if on_token is not None:
-            on_token(token)
-        if token in eos:
+        if total < length:  # a graph of one token per run, still reading the prompt
+            feeds = {"input_ids": ids[:, total : total + 1], **_as_past(result)}
+            continue
+        if _take_token(result["logits"][0, -1], tokens, eos, min_new_tokens, on_token):
             break
-        feeds = {"input_ids": np.array([[token]], dtype=np.int64), **_as_past(result)}
+        feeds = {"input_ids": np.array([[tokens[-1]]], dtype=np.int64), **_as_past(result)}
     return tuple(tokens), time.perf_counter() - start
 
 
@@ -601,16 +639,28 @@ def _decode_seq2seq(
         accepted = {i.name for i in runner.get_inputs()}
         run_feeds = {k: v for k, v in {**step, **shared, **past}.items() if k in accepted}
         result = dict(zip(names, runner.run(names, run_feeds), strict=True))
-        token = _next_token(result["logits"][0, -1], eos if len(tokens) < min_new_tokens else frozenset())
-        tokens.append(token)
-        if on_token is not None:
-            on_token(token)
-        if token in eos:
+        if _take_token(result["logits"][0, -1], tokens, eos, min_new_tokens, on_token):
             break
         past = {**past, **_as_past(result)}  # the encoder's keys and values stay those of the first step
-        step = {"input_ids": np.array([[token]], dtype=np.int64)}
+        step = {"input_ids": np.array([[tokens[-1]]], dtype=np.int64)}
         runner = later
     return tuple(tokens), time.perf_counter() - start
+
+
+def _take_token(
+    logits: np.ndarray,
+    tokens: list[int],
+    eos: frozenset[int],
+    min_new_tokens: int,
+    on_token: Callable[[int], None] | None,
+) -> bool:
+    """One step of every loop's stopping rule: the greedy choice (no ``eos`` token among the first
+    ``min_new_tokens``) appended to ``tokens`` and told to ``on_token``; whether it ends the sequence."""
+    token = _next_token(logits, eos if len(tokens) < min_new_tokens else frozenset())
+    tokens.append(token)
+    if on_token is not None:
+        on_token(token)
+    return token in eos
 
 
 def _next_token(logits: np.ndarray, suppressed: frozenset[int]) -> int:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnx_hierarchy.core import _reading
-from onnx_hierarchy.hf._cache_names import PAST_NAMES, PRESENT_NAMES
+from onnx_hierarchy.errors import TaskError
+from onnx_hierarchy.hf._cache_names import PAST_NAMES, PRESENT_NAMES, STATE_PREFIXES
 from onnx_hierarchy.schema import ExportRecord
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "deployable_model",
     "fit_to_graph",
     "genai_config",
+    "keeps_states",
     "shares_buffer",
     "write_deployment",
     "write_genai_config",
@@ -62,7 +64,9 @@ def write_deployment(
     """Writes, beside ``folder/model.onnx``, what the deployment runtimes read; returns the files written.
 
     ``config.json`` and ``generation_config.json`` are the model's own, the tokenizer files the source's
-    (when it has a tokenizer), each saved by transformers' ``save_pretrained``.
+    (when it has a tokenizer), each saved by transformers' ``save_pretrained``. A decoder that keeps
+    convolution or recurrent states (Mamba, Jamba) gets no ``genai_config.json``: onnxruntime-genai runs
+    no such cache, and the folder stays what Optimum-style loops and ``generate`` read.
     """
     from onnx_hierarchy.hf._tokenizer import source_tokenizer
 
@@ -73,14 +77,32 @@ def write_deployment(
     config.save_pretrained(folder)
     if generation is not None:
         generation.save_pretrained(folder)
-    genai = fit_to_graph(genai_config(config, generation, record), _reading.read_proto(folder / f"{record.part}.onnx"))
+    genai = None
+    if not keeps_states(record):
+        model_file = _reading.read_proto(folder / f"{record.part}.onnx")
+        genai = fit_to_graph(genai_config(config, generation, record), model_file)
     if tokenizer is not None:
         # genai's builder does the same: transformers' "no limit" (1e30) is no integer JSON readers agree on.
-        tokenizer.model_max_length = genai["model"]["context_length"]
+        context = _context_length(config.get_text_config(decoder=True))
+        if context is not None:
+            tokenizer.model_max_length = context
         tokenizer.save_pretrained(folder)
         _name_tokenizer_class_for_older_transformers(folder / "tokenizer_config.json")
-    write_genai_config(folder, genai)
+    if genai is not None:
+        write_genai_config(folder, genai)
     return sorted(set(folder.iterdir()) - before)
+
+
+def keeps_states(record: ExportRecord) -> bool:
+    """Whether the decoder ``record`` describes keeps convolution or recurrent states (``past_conv.*``,
+    ``past_ssm.*``), which onnxruntime-genai has no configuration for."""
+    return any(item.name.startswith(STATE_PREFIXES) for item in record.inputs)
+
+
+def _context_length(text: Any) -> int | None:
+    """The positions the model takes (``None``: no limit, as a state-space model has)."""
+    context = getattr(text, "seq_length", None) or getattr(text, "max_position_embeddings", None)
+    return None if context is None else int(context)
 
 
 def write_genai_config(folder: Path, genai: dict[str, Any]) -> None:
@@ -105,7 +127,15 @@ def genai_config(config: Any, generation: Any, record: ExportRecord) -> dict[str
 
     Keys and layout follow genai's model builder (``make_genai_config``); names, layer count, key/value
     heads and head size are the graph's own, read from its recorded cache inputs.
+
+    Raises:
+        TaskError: The decoder keeps convolution or recurrent states (:func:`keeps_states`).
     """
+    if keeps_states(record):
+        raise TaskError(
+            f"{record.model_class} keeps convolution and recurrent states, which onnxruntime-genai does not run: "
+            "no genai_config.json for it"
+        )
     text: Any = config.get_text_config(decoder=True)
     inputs = {i.name: i for i in record.inputs}
     layers = sum(1 for name in inputs if name.startswith("past_key_values.") and name.endswith(".key"))

@@ -3,6 +3,13 @@
 Inputs are chosen by the names ``forward`` accepts, so one table covers text, vision, audio,
 encoder-decoder and text+image models. Values come from a fixed generator: the same config and shapes
 give the same inputs, so a later verification can rebuild them.
+
+A vision-language model (a config with ``vision_config`` and an image token) merges its image features into
+the text at the image token's positions and refuses a prompt whose image tokens are not exactly as many as
+the features: its prompt is one text token, then the image's tokens (as many as the vision side gives one
+image, counted by running it once), then the other ``sequence_length - 1`` text tokens, and no other token
+is a special token of the config. Qwen2-VL-style models take an image as flattened patches with its grid
+(``image_grid_thw``) and 3-D rotary positions, computed here as their processor and ``generate()`` do.
 """
 
 from __future__ import annotations
@@ -71,9 +78,16 @@ def generate_inputs(model: torch.nn.Module, shapes: InputShapes) -> ModelInputs:
             tensors["token_type_ids"] = torch.zeros(batch, seq, dtype=torch.int64)
             axes["token_type_ids"] = {0: "batch", 1: "sequence"}
     if "pixel_values" in accepted:
-        channels, height, width = _image_geometry(config, shapes.image_size)
-        tensors["pixel_values"] = torch.randn(batch, channels, height, width, generator=generator)
-        axes["pixel_values"] = {0: "batch"}
+        grid = patch_grid(config, shapes.image_size)
+        if grid is not None:  # Qwen2-VL style: every image's patches flattened, with the grid they came from
+            tensors["pixel_values"] = torch.randn(batch * math.prod(grid), _patch_features(config), generator=generator)
+            tensors["image_grid_thw"] = torch.tensor([grid] * batch, dtype=torch.int64)
+        else:
+            channels, height, width = _image_geometry(config, shapes.image_size)
+            tensors["pixel_values"] = torch.randn(batch, channels, height, width, generator=generator)
+            axes["pixel_values"] = {0: "batch"}
+        if "input_ids" in tensors and image_token_id(config) is not None:
+            _place_image_tokens(model, tensors, axes, accepted, generator)
     if "input_features" in accepted:
         tensors["input_features"] = torch.randn(batch, *_feature_geometry(config, seq), generator=generator)
         axes["input_features"] = {0: "batch"}
@@ -189,6 +203,123 @@ def _forward_parameters(model: torch.nn.Module) -> dict[str, bool]:
         for p in parameters
         if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     }
+
+
+def image_token_id(config: Any) -> int | None:
+    """The token a vision-language model's prompt holds in place of each image feature (``image_token_id``, or
+    ``image_token_index`` as some configs name it); ``None`` for models that take images otherwise."""
+    if getattr(config, "vision_config", None) is None:
+        return None
+    token = getattr(config, "image_token_id", None)
+    if token is None:
+        token = getattr(config, "image_token_index", None)
+    return token if isinstance(token, int) else None
+
+
+def patch_grid(config: Any, image_size: int | None) -> tuple[int, int, int] | None:
+    """The (temporal, height, width) patch grid of one image, for models that take images as flattened patches
+    (Qwen2-VL, Qwen2.5-VL: a vision config with ``temporal_patch_size`` and ``spatial_merge_size``); ``None``
+    for models that take pixels.
+
+    The height and width are ``image_size // patch_size`` rounded down to the merge size; without an image
+    size, two attention windows per side (Qwen2.5-VL's ``window_size``, 224 pixels for its checkpoints; 16
+    patches when the config has no window).
+    """
+    vision = getattr(config, "vision_config", None)
+    if vision is None or not hasattr(vision, "temporal_patch_size") or not hasattr(vision, "spatial_merge_size"):
+        return None
+    patch, merge = int(vision.patch_size), int(vision.spatial_merge_size)
+    window = getattr(vision, "window_size", None)
+    side = image_size // patch if image_size else (2 * int(window) // patch if window else 16)
+    side = max(merge, side - side % merge)
+    return 1, side, side
+
+
+def _patch_features(config: Any) -> int:
+    """Values of one flattened patch: channels x temporal patch x patch height x patch width."""
+    vision = config.vision_config
+    channels = getattr(vision, "in_channels", None) or getattr(vision, "num_channels", 3)
+    return int(channels * vision.temporal_patch_size * vision.patch_size**2)
+
+
+def image_features_per_image(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> int:
+    """How many image tokens one image takes: the feature rows the model's vision side gives the first image,
+    from its configuration when the image is flattened patches, else by running ``get_image_features`` once
+    (on the model's device: structure-only models answer on the meta device)."""
+    config: Any = model.config
+    grid = tensors.get("image_grid_thw")
+    if grid is not None:
+        return int(math.prod(grid[0].tolist())) // int(config.vision_config.spatial_merge_size) ** 2
+    device = next(iter(model.parameters())).device
+    with torch.no_grad():
+        output: Any = model.get_image_features(pixel_values=tensors["pixel_values"][:1].to(device))  # type: ignore[operator]
+    features = getattr(output, "pooler_output", output)
+    parts = features if isinstance(features, (list, tuple)) else [features]
+    return sum(math.prod(part.shape[:-1]) for part in parts)
+
+
+def special_token_ids(config: Any) -> set[int]:
+    """Every token id a multimodal config names (image, video, begin and end of image, ...): random prompt
+    tokens avoid them, so a prompt holds exactly the image tokens it was given."""
+    ids: set[int] = set()
+    for holder in (config, getattr(config, "get_text_config", lambda: config)()):
+        for name, value in vars(holder).items():
+            if name.endswith(("_token_id", "_token_index")) and isinstance(value, int):
+                ids.add(value)
+    return ids
+
+
+def image_prompt(
+    vocab_size: int,
+    text_tokens: int,
+    image_tokens: int,
+    image_token: int,
+    avoid: set[int],
+    batch: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """``batch`` prompts of one random text token, ``image_tokens`` image tokens, then ``text_tokens - 1``
+    random text tokens; no random token is in ``avoid``."""
+    ids = torch.randint(0, vocab_size, (batch, text_tokens + image_tokens), generator=generator)
+    allowed = next(i for i in range(vocab_size) if i not in avoid and i != image_token)
+    for token in avoid | {image_token}:
+        ids[ids == token] = allowed
+    ids[:, 1 : 1 + image_tokens] = image_token
+    return ids
+
+
+def _place_image_tokens(
+    model: torch.nn.Module,
+    tensors: dict[str, torch.Tensor],
+    axes: dict[str, dict[int, str]],
+    accepted: Mapping[str, bool],
+    generator: torch.Generator,
+) -> None:
+    """Rewrites the text inputs as an image prompt: the image's tokens after the first text token."""
+    config: Any = model.config
+    token = image_token_id(config)
+    assert token is not None
+    batch, sequence = tensors["input_ids"].shape
+    vocab_size = config.get_text_config().vocab_size
+    count = image_features_per_image(model, tensors)
+    ids = image_prompt(vocab_size, sequence, count, token, special_token_ids(config), batch, generator)
+    tensors["input_ids"] = ids
+    if "attention_mask" in tensors:
+        tensors["attention_mask"] = torch.ones_like(ids)
+    if "token_type_ids" in accepted:  # Gemma 3: image tokens attend to each other both ways in the prompt
+        tensors["token_type_ids"] = (ids == token).long()
+        axes["token_type_ids"] = {0: "batch", 1: "sequence"}
+    if "image_grid_thw" in tensors and "position_ids" in accepted:
+        tensors["position_ids"] = rope_positions(model, ids, tensors["image_grid_thw"], token)
+        axes["position_ids"] = {1: "batch", 2: "sequence"}
+
+
+def rope_positions(model: torch.nn.Module, ids: torch.Tensor, grid: torch.Tensor, image_token: int) -> torch.Tensor:
+    """Qwen2-VL-style 3-D rotary positions ``[3, batch, sequence]`` of a prompt (text on all three axes, an image
+    on its time, height and width), as the model computes them in ``generate()``'s first step."""
+    inner: Any = getattr(model, "model", model)
+    positions, _ = inner.get_rope_index(ids, mm_token_type_ids=(ids == image_token).int(), image_grid_thw=grid)
+    return positions
 
 
 def _image_geometry(config: Any, image_size: int | None) -> tuple[int, int, int]:

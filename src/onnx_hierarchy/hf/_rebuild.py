@@ -14,7 +14,7 @@ import torch
 
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.errors import ModelSourceError
-from onnx_hierarchy.hf import _source
+from onnx_hierarchy.hf import _multimodal, _source
 from onnx_hierarchy.hf._flat_cache import GraphPart, generation_parts, split_task
 from onnx_hierarchy.hf._shapes import InputShapes
 
@@ -116,7 +116,10 @@ def rebuild(target: TaggedModel, source: str | None) -> Rebuilt:
     _check_architecture(target, torch_model, spec)
     part = None
     if record is not None and record.part is not None and task is not None:
-        parts = generation_parts(torch_model, task, with_past, InputShapes())
+        if task == _multimodal.TASK:  # a vision-language folder's vision, embedding or text file
+            parts = _multimodal.image_text_parts(torch_model, InputShapes())
+        else:
+            parts = generation_parts(torch_model, task, with_past, InputShapes())
         part = next(p for p in parts if p.name == record.part)
     return Rebuilt(torch_model, spec, tuple(warnings), part)
 

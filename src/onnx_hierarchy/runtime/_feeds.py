@@ -8,6 +8,9 @@ Generated inputs honour what the file is, so that every file the project writes 
   one, as the first step of ``generate``), an ``attention_mask`` spanning past and sequence, and
   ``position_ids`` counting on from the past. A decoder's cache is the one it writes itself for that many
   tokens, as when it generates.
+- A state-space decoder's states (``past_conv.*``, ``past_ssm.*``: ``hf._cache_names``) are zeros for an
+  empty cache (the state before the first token), else the ones it writes itself, a token per run, after
+  the past's length of tokens (a few tokens when it has no keys and values to count them by).
 - A file with ONNX Runtime's ``GroupQueryAttention`` (``optimize --fusions genai``) gets a batch of one:
   it continues a cache with several new tokens only for one row ("batch_size must be 1 when
   sequence_length > 1 and past context is given").
@@ -29,6 +32,7 @@ from onnx_hierarchy import schema
 from onnx_hierarchy.core._proto import onnx_pb
 from onnx_hierarchy.core._reading import read_proto
 from onnx_hierarchy.errors import HierarchyError, InputSpecError, summarize
+from onnx_hierarchy.hf._cache_names import STATE_PREFIXES, is_cache_input, past_name, present_name
 from onnx_hierarchy.runtime import _session
 from onnx_hierarchy.schema import ExportRecord
 
@@ -47,6 +51,8 @@ _DEFAULT_DIM = 2
 _PAST_PREFIX = "past"
 # The graph inputs that hold a KV cache, as with-past exports (this project's and Optimum's) name them.
 _CACHE_PREFIXES = ("past_key_values.", "past_key_values_")
+# Tokens a state-space decoder without keys and values writes its own states from, for a check.
+_STATE_TOKENS = 3
 # Ops that continue a cache with several tokens only for a batch of one.
 _ONE_ROW_OPS = frozenset({"GroupQueryAttention"})
 _OPERATORS = {ast.Add: int.__add__, ast.Sub: int.__sub__, ast.Mult: int.__mul__, ast.FloorDiv: int.__floordiv__}
@@ -95,14 +101,16 @@ def dummy_feeds(
             )
         dims = [d.dim_value if d.HasField("dim_value") else sizes.of(d.dim_param) for d in tensor_type.shape.dim]
         shape = tuple(shapes.get(value.name, dims))
-        if np.issubdtype(dtype, np.floating):
+        if past_length == 0 and value.name.startswith(STATE_PREFIXES):  # the state before the first token
+            feeds[value.name] = np.zeros(shape, dtype=dtype)
+        elif np.issubdtype(dtype, np.floating):
             feeds[value.name] = generator.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_ or "mask" in value.name:
             feeds[value.name] = np.ones(shape, dtype=dtype)
         else:
             feeds[value.name] = generator.integers(0, bounds.get(value.name, 2), shape).astype(dtype)
     _match_cache(inputs, feeds, shapes, bounds)
-    feeds.update(_own_cache(model, inputs, feeds, shapes, location))
+    feeds.update(_own_cache(model, inputs, feeds, shapes, location, past_length))
     feeds.update(_model_computed(model, feeds, sizes, location))
     return feeds
 
@@ -169,13 +177,9 @@ def _tokenized(
     tokenizer = load_tokenizer(source, "pass --inputs FILE.npz instead")
     encoded = tokenizer(text, return_tensors="np")
     wanted = _graph_inputs(model)
-    cache = any(v.name.startswith(_CACHE_PREFIXES) for v in wanted)
+    cache = any(_is_cache(v.name) for v in wanted)
     completed = ("attention_mask", "position_ids") if cache else ()
-    missing = [
-        v.name
-        for v in wanted
-        if v.name not in encoded and not v.name.startswith(_CACHE_PREFIXES) and v.name not in completed
-    ]
+    missing = [v.name for v in wanted if v.name not in encoded and not _is_cache(v.name) and v.name not in completed]
     if missing:
         raise InputSpecError(
             f"the tokenizer of {source} does not produce {', '.join(missing)}, which the model takes; "
@@ -184,6 +188,13 @@ def _tokenized(
     tokens = {v.name: np.asarray(encoded[v.name]).astype(np.int64) for v in wanted if v.name in encoded}
     if not cache:
         return tokens
+    ids = tokens.get("input_ids")
+    if _one_token(wanted) and ids is not None and ids.shape[1] > 1:
+        # A graph of one token per run: the text but its last token is the past, the last token the input.
+        past = _stepped(model, location, ids[:, :-1])
+        last = {"input_ids": ids[:, -1:]}
+        shapes = {**{name: value.shape for name, value in past.items()}, **{k: v.shape for k, v in last.items()}}
+        return {**dummy_feeds(model, shapes, location=location), **past, **last}
     feeds = dummy_feeds(model, {k: v.shape for k, v in tokens.items()}, past_length=0, location=location)
     return {**feeds, **tokens}
 
@@ -354,12 +365,52 @@ def _match_cache(
         feeds["position_ids"] = np.broadcast_to(row, positions.shape).astype(positions.dtype)
 
 
+def _is_cache(name: str) -> bool:
+    return is_cache_input(name) or name.startswith(_CACHE_PREFIXES)
+
+
+def _one_token(inputs: Sequence[onnx_pb.ValueInfoProto]) -> bool:
+    """Whether the graph takes one token per run (a state-space decoder's)."""
+    ids = next((v for v in inputs if v.name == "input_ids"), None)
+    if ids is None:
+        return False
+    dims = ids.type.tensor_type.shape.dim
+    return len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value == 1
+
+
+def _stepped(
+    model: onnx_pb.ModelProto, location: str | os.PathLike[str] | None, ids: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The cache a graph of one token per run writes from an empty one after ``ids`` (``[batch, tokens]``),
+    as the next step's inputs.
+
+    Raises:
+        RuntimeFailure: ONNX Runtime cannot run the model.
+    """
+    runner = _session.session(model, Path(location) if location is not None else None)
+    accepted = {i.name for i in runner.get_inputs()}
+    names = [o.name for o in runner.get_outputs()]
+    past: dict[str, np.ndarray] = {}
+    for step in range(ids.shape[1]):
+        shapes = {"input_ids": (ids.shape[0], 1), **{name: value.shape for name, value in past.items()}}
+        feeds = {**dummy_feeds(model, shapes, past_length=0 if not past else None, location=location), **past}
+        feeds["input_ids"] = ids[:, step : step + 1]
+        try:
+            values = runner.run(names, {name: value for name, value in feeds.items() if name in accepted})
+        except Exception as error:  # onnxruntime raises its own types
+            raise _session.RuntimeFailure(f"ONNX Runtime could not run the model: {summarize(error)}") from error
+        renamed = {past_name(name): np.asarray(value) for name, value in zip(names, values, strict=True)}
+        past = {name: value for name, value in renamed.items() if name is not None and name in accepted}
+    return past
+
+
 def _own_cache(
     model: onnx_pb.ModelProto,
     inputs: Sequence[onnx_pb.ValueInfoProto],
     feeds: Mapping[str, np.ndarray],
     shapes: Mapping[str, Sequence[int]],
     location: str | os.PathLike[str] | None,
+    past_length: int | None = None,
 ) -> dict[str, np.ndarray]:
     """A decoder's past as the model itself writes it: its presents after the past's length of tokens
     from an empty cache. A trained model fed unit-normal noise as its cache computes nothing it was
@@ -367,13 +418,27 @@ def _own_cache(
     SQNR with a noise cache of 3 positions, 15 dB with its own). Only for files that write every cache
     they read (a seq2seq decoder's cross-attention cache comes from the encoder), and only when the
     cache was not given; if the model cannot run so, the noise stays and the check says what fails.
+    A graph of one token per run (a state-space decoder's) runs the tokens one at a time: as many as its
+    keys and values hold, else ``past_length``, else :data:`_STATE_TOKENS`.
     """
-    cache = [v.name for v in inputs if v.name.startswith(_CACHE_PREFIXES) and v.name not in shapes]
-    presents = {name: "present" + name[len("past_key_values") :] for name in cache}
+    cache = [v.name for v in inputs if _is_cache(v.name) and v.name not in shapes]
+    presents = {name: present_name(name) or "present" + name[len("past_key_values") :] for name in cache}
     written = {value.name for value in model.graph.output}
     ids = feeds.get("input_ids")
     if not cache or ids is None or ids.ndim != 2 or any(p not in written for p in presents.values()):
         return {}
+    if _one_token(inputs):
+        keys = [name for name in cache if not name.startswith(STATE_PREFIXES)]
+        steps = feeds[keys[0]].shape[2] if keys else _STATE_TOKENS if past_length is None else past_length
+        if steps == 0:
+            return {}
+        prefix_ids = np.random.default_rng(1).integers(
+            0, _index_bounds(model).get("input_ids", 2), (ids.shape[0], steps)
+        )
+        try:
+            return {name: value for name, value in _stepped(model, location, prefix_ids).items() if name in cache}
+        except _session.RuntimeFailure:
+            return {}
     past = feeds[cache[0]].shape[2]
     if past == 0:
         return {}
