@@ -10,7 +10,7 @@ tags of the written ONNX file with ``onnx`` alone, and classifies the outcome::
 
 ``--with-past`` surveys decoders with their KV cache instead: the model types with an
 ``AutoModelForCausalLM`` class that are not encoder-decoders and exported in the last plain survey
-(``--previous`` results, else the failures named in docs/coverage.md are left out). Each child saves a real
+(``--previous`` results, by default the plain survey kept in docs/coverage/plain.json). Each child saves a real
 checkpoint (``AutoModelForCausalLM.from_config`` with a fixed seed, ``use_cache=True``,
 ``save_pretrained``), exports it with ``task="text-generation-with-past"``, decodes a fixed prompt with
 ``onnx_hierarchy.generate`` (ONNX Runtime against transformers' ``generate()``), and a second child exports
@@ -239,6 +239,8 @@ EXPORTED = ("ok", "tags-short", "check-failed")
 MIN_TRACED = 0.99
 MAX_PARAMETERS = 100_000_000
 MEMORY_LIMIT = 8 << 30
+# The last plain survey's per-model rows, kept beside docs/coverage.md so the next run can compare.
+KEPT_PLAIN_SURVEY = Path(__file__).resolve().parents[1] / "docs" / "coverage" / "plain.json"
 WITH_PAST_TASK, PLAIN_TASK = "text-generation-with-past", "text-generation"
 PROMPT_IDS, NEW_TOKENS, CHECKPOINT_SEED = [5, 6, 7, 8, 9, 10], 8, 0
 # Model types the last full survey (docs/coverage.md) names among those that did not export; used by
@@ -887,7 +889,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--with-past", action="store_true", help="export causal-LM checkpoints with their KV cache, then generate"
     )
-    parser.add_argument("--previous", type=Path, help="with --with-past: a plain survey's JSON; its exports are tried")
+    parser.add_argument(
+        "--previous",
+        type=Path,
+        default=KEPT_PLAIN_SURVEY if KEPT_PLAIN_SURVEY.is_file() else None,
+        help="with --with-past: a plain survey's JSON; its exports are tried (default: the kept one, docs/coverage/)",
+    )
     return parser.parse_args(argv)
 
 

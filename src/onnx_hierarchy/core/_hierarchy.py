@@ -21,6 +21,7 @@ import fnmatch
 import functools
 import itertools
 import math
+import operator
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -394,17 +395,21 @@ def _check_text(
 ) -> None:
     """ONNX's protobuf is proto2, whose parser hands back invalid UTF-8 in a string field as ``bytes``
     instead of failing: a damaged file is refused here, before any name is compared or printed."""
+    # Mapped, not looped in Python: a 60,000-node file holds over a million names and tags.
+    flat = itertools.chain.from_iterable
+    protos = [raw.node for raw in raw_nodes]
     texts = itertools.chain(
         metadata.keys(),
         metadata.values(),
-        (text for p in props for text in (*p.keys(), *p.values())),
-        (
-            text
-            for raw in raw_nodes
-            for text in (raw.name, raw.node.op_type, raw.node.domain, *raw.inputs, *raw.outputs)
-        ),
+        flat(map(dict.keys, props)),
+        flat(map(dict.values, props)),
+        map(operator.attrgetter("name"), raw_nodes),
+        map(operator.attrgetter("op_type"), protos),
+        map(operator.attrgetter("domain"), protos),
+        flat(map(operator.attrgetter("inputs"), raw_nodes)),
+        flat(map(operator.attrgetter("outputs"), raw_nodes)),
     )
-    if any(type(text) is not str for text in texts):
+    if set(map(type, texts)) - {str}:
         raise ModelFileError(f"{path}: a name or tag is not valid UTF-8; the file is damaged")
 
 

@@ -99,13 +99,15 @@ def _read_lazily(path: Path) -> onnx_pb.ModelProto:
 
 
 def _graph_without_weights(view: memoryview, start: int, end: int, location: str) -> bytes:
-    parts: list[bytes] = []
+    # Fields between initializers (the nodes: tens of thousands in a large model) are copied as one run.
+    parts: list[bytes | memoryview] = []
+    run = start
     for number, field_start, payload, field_end in _wire.fields(view, start, end):
         if number == _wire.GRAPH_INITIALIZER and payload is not None:
             tensor = _referenced_tensor(view, payload, field_end, location)
-            parts.append(_wire.key(_wire.GRAPH_INITIALIZER) + _wire.varint(len(tensor)) + tensor)
-        else:
-            parts.append(bytes(view[field_start:field_end]))
+            parts += (view[run:field_start], _wire.key(_wire.GRAPH_INITIALIZER), _wire.varint(len(tensor)), tensor)
+            run = field_end
+    parts.append(view[run:end])
     return b"".join(parts)
 
 
