@@ -251,8 +251,14 @@ def image_features_per_image(model: torch.nn.Module, tensors: Mapping[str, torch
     if grid is not None:
         return int(math.prod(grid[0].tolist())) // int(config.vision_config.spatial_merge_size) ** 2
     device = next(iter(model.parameters())).device
-    with torch.no_grad():
-        output: Any = model.get_image_features(pixel_values=tensors["pixel_values"][:1].to(device))  # type: ignore[operator]
+    try:
+        with torch.no_grad():
+            output: Any = model.get_image_features(pixel_values=tensors["pixel_values"][:1].to(device))  # type: ignore[operator]
+    except Exception as error:  # any failure of the model's own vision side on a generated image
+        raise InputSpecError(
+            f"{type(model).__name__} fails in PyTorch itself on a generated image ({summarize(error)}); "
+            "describe the inputs it needs with --input-spec FILE.json"
+        ) from error
     features = getattr(output, "pooler_output", output)
     parts = features if isinstance(features, (list, tuple)) else [features]
     return sum(math.prod(part.shape[:-1]) for part in parts)
