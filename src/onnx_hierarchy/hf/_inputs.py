@@ -316,7 +316,13 @@ def _place_image_tokens(
         tensors["token_type_ids"] = (ids == token).long()
         axes["token_type_ids"] = {0: "batch", 1: "sequence"}
     if "image_grid_thw" in tensors and "position_ids" in accepted:
-        tensors["position_ids"] = rope_positions(model, ids, tensors["image_grid_thw"], token)
+        try:
+            tensors["position_ids"] = rope_positions(model, ids, tensors["image_grid_thw"], token)
+        except (AttributeError, TypeError) as error:  # a grid model without Qwen2-VL's get_rope_index
+            raise InputSpecError(
+                f"{type(model).__name__} computes its 3-D positions in a way this input generator does not know "
+                f"({summarize(error)}); describe the inputs with --input-spec FILE.json"
+            ) from error
         axes["position_ids"] = {1: "batch", 2: "sequence"}
 
 
