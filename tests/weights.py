@@ -44,3 +44,41 @@ def scaled_weight(path: Path, module: str, output: Path, factor: float = 1.5) ->
                 onnx.save(model, output)
                 return output
     raise AssertionError(f"no weight read by {module}")
+
+
+def fragile_weight(path: Path, module: str, feeder: str, output: Path, factor: float = 40.0, every: int = 16) -> Path:
+    """A copy of ``path`` in which quantizing ``module`` alone loses nearly all it computes, while the float
+    model does not see the outliers that cause it.
+
+    Every ``every``-th input row of the module's 2-D weight (``[in, out]``, as its MatMul reads it) becomes
+    ±``factor`` times the weight's largest magnitude: an outlier in the int8 tensor's scale and in every
+    int4 block of 32 along the input, which rounds the module's other weights to about zero. ``feeder``, the
+    module whose output ``module`` reads (through an activation that keeps zero at zero), gets the matching
+    output columns, weight and bias, zeroed: the outliers multiply zeros in float, and the float model is the
+    original with those features dropped.
+    """
+    model = onnx.load(path)
+    weights = {t.name: t for t in model.graph.initializer}
+
+    def read_by(owner: str) -> list[onnx.TensorProto]:
+        found = []
+        for node in model.graph.node:
+            props = {p.key: p.value for p in node.metadata_props}
+            if props.get(schema.MODULE_KEY) == owner:
+                found += [weights[name] for name in node.input if name in weights]
+        return found
+
+    (weight,) = [t for t in read_by(module) if len(t.dims) == 2]
+    array = onnx.numpy_helper.to_array(weight).copy()
+    outlier = factor * abs(array).max()
+    array[::every] = outlier * ((array[::every] >= 0) * 2 - 1)
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    rows = array.shape[0]
+    silenced = [t for t in read_by(feeder) if t.dims and t.dims[-1] == rows]
+    assert silenced, f"{feeder} produces no {rows} features for {module} to read"
+    for tensor in silenced:
+        values = onnx.numpy_helper.to_array(tensor).copy()
+        values[..., ::every] = 0
+        tensor.CopyFrom(onnx.numpy_helper.from_array(values, tensor.name))
+    onnx.save(model, output)
+    return output

@@ -327,20 +327,39 @@ class DerivationStep:
         source: File name of the tagged model the step started from.
         nodes: Nodes before and after the step.
         tags: How the step's nodes were tagged: count per ``hierarchy.source`` value.
+        lowered: The modules a step changing precision was limited to (``mixed``); empty: the whole model.
+        kept: The modules such a step was asked about and left in the precision they had.
     """
 
     step: str
     source: str
     nodes: tuple[int, int]
     tags: dict[str, int]
+    lowered: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"step": self.step, "source": self.source, "nodes": list(self.nodes), "tags": dict(self.tags)}
+        data: dict[str, Any] = {
+            "step": self.step,
+            "source": self.source,
+            "nodes": list(self.nodes),
+            "tags": dict(self.tags),
+        }
+        if self.lowered or self.kept:
+            data["lowered"], data["kept"] = list(self.lowered), list(self.kept)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DerivationStep:
         before, after = data["nodes"]
-        return cls(data["step"], data["source"], (int(before), int(after)), dict(data["tags"]))
+        return cls(
+            data["step"],
+            data["source"],
+            (int(before), int(after)),
+            dict(data["tags"]),
+            tuple(data.get("lowered", ())),
+            tuple(data.get("kept", ())),
+        )
 
 
 # Readers take an onnx-ir object or its metadata as a plain mapping (read from protobuf by fast paths).

@@ -24,6 +24,7 @@ from onnx_hierarchy.cli._inspect import (
     tree_command,
     validate_command,
 )
+from onnx_hierarchy.cli._precision import mixed_command, sensitivity_command
 from onnx_hierarchy.cli._profile import profile_command
 from onnx_hierarchy.cli._report import report_command
 from onnx_hierarchy.cli._verify import verify_command
@@ -40,7 +41,8 @@ def cli(debug: bool) -> None:
     inspect any ONNX model module by module (tree, nodes, summary, dag, diff, validate), cut any module
     out as a standalone model (extract) and put changed pieces back (assemble), compare it with PyTorch
     module by module (verify), decode with an exported KV cache beside transformers (generate), keep
-    the tags through optimizers, quantizers and fp16 (optimize, retag), see where ONNX Runtime spends
+    the tags through optimizers, quantizers and fp16 (optimize, retag), find which modules can take fp16,
+    int8 or int4 and keep the rest (sensitivity, mixed), see where ONNX Runtime spends
     its time per module (profile), and look at it all in one page (report) or in Model Explorer (view)."""
 
 
@@ -53,6 +55,8 @@ cli.add_command(verify_command)
 cli.add_command(generate_command)
 cli.add_command(optimize_command)
 cli.add_command(retag_command)
+cli.add_command(sensitivity_command)
+cli.add_command(mixed_command)
 cli.add_command(profile_command)
 cli.add_command(report_command)
 cli.add_command(view_command)

@@ -182,7 +182,7 @@ def optimize(
     if fp16:
         tools.append(_tools.fp16())
     if quantize:
-        tools.append(_tools.quantization(quantize, feeds))
+        tools.append(_tools.quantization(quantize, [feeds]))
 
     steps = []
     outcome = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ def retag(
     output: str | os.PathLike[str],
     *,
     step: str = "retag",
+    scope: tuple[Sequence[str], Sequence[str]] = ((), ()),
     progress: ProgressCallback | None = None,
 ) -> RetagResult:
     """Tags every node of ``derived`` (made from ``source`` by any tool) and writes it to ``output``.
@@ -91,6 +93,8 @@ def retag(
         derived: The model another tool wrote from ``source``.
         output: Where to write the tagged model (may be ``derived`` itself).
         step: Name of the step recorded in ``hierarchy.derivation``.
+        scope: The modules the step was limited to and those it was asked about and left alone, recorded
+            with it (a mixed-precision model's); empty: the whole model.
         progress: Called as stages start and finish.
 
     Raises:
@@ -116,7 +120,8 @@ def retag(
         counts = write_tags(model, tagged, derivation)
         metadata = {p.key: p.value for p in tagged.proto.metadata_props}
         before, after = len(tagged.hierarchy.node_list), len(derivation.origins)
-        steps = (*schema.read_derivation(metadata), DerivationStep(step, tagged.path.name, (before, after), counts))
+        made = DerivationStep(step, tagged.path.name, (before, after), counts, tuple(scope[0]), tuple(scope[1]))
+        steps = (*schema.read_derivation(metadata), made)
         for key in (schema.VERSION_KEY, schema.MODULES_KEY, schema.EXPORT_KEY):
             if key in metadata:
                 model.metadata_props[key] = metadata[key]

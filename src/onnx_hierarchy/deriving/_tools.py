@@ -9,7 +9,7 @@ not look through) and, for ``genai``, the attention the tags find and no pattern
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,23 @@ from typing import Any
 import numpy as np
 
 from onnx_hierarchy.core import _quiet
+from onnx_hierarchy.core._traversal import proto_nodes
 from onnx_hierarchy.deriving._attention_fusion import AttentionFusion, fuse_attention
 from onnx_hierarchy.errors import OptimizationError, summarize
 from onnx_hierarchy.runtime._session import SessionPolicy, session
 
-__all__ = ["FUSIONS", "LEVELS", "QUANTIZATIONS", "Tool", "fp16", "fusions", "quantization", "session_level"]
+__all__ = [
+    "FUSIONS",
+    "LEVELS",
+    "QUANTIZATIONS",
+    "Tool",
+    "fp16",
+    "fusions",
+    "large",
+    "module_nodes",
+    "quantization",
+    "session_level",
+]
 
 FUSIONS = ("onnxscript", "ort", "genai")
 LEVELS = ("basic", "extended", "all")
@@ -58,7 +70,8 @@ class Tool:
             raise OptimizationError(f"{self.name} failed on {source.name}: {summarize(error)}") from error
 
 
-def _large(path: Path) -> bool:
+def large(path: Path) -> bool:
+    """Whether a model file with its external data is past what one protobuf holds (weights go beside it)."""
     data = path.with_name(path.name + ".data")
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0) > _EXTERNAL_DATA_BYTES
 
@@ -92,7 +105,7 @@ def fusions(
         from onnxruntime.transformers.optimizer import optimize_model
 
         optimized = optimize_model(str(source), model_type=chosen, opt_level=0)
-        optimized.save_model_to_file(str(output), use_external_data_format=_large(source))
+        optimized.save_model_to_file(str(output), use_external_data_format=large(source))
 
     return Tool(f"ort-fusions-{chosen}", run)
 
@@ -101,7 +114,7 @@ def _onnxscript_fusions(source: Path, output: Path) -> None:
     import onnx_ir as ir
 
     model = _onnxscript_fused(ir.load(source))
-    ir.save(model, output, external_data=output.name + ".data" if _large(source) else None)
+    ir.save(model, output, external_data=output.name + ".data" if large(source) else None)
 
 
 def _genai_fusions(source: Path, output: Path, attention: AttentionFusion | str | None) -> list[str]:
@@ -121,7 +134,7 @@ def _genai_fusions(source: Path, output: Path, attention: AttentionFusion | str 
     else:
         notes = [f"attention left unfused: {attention or 'not a with-past decoder'}"]
     model = _onnxscript_fused(model)
-    ir.save(model, output, external_data=output.name + ".data" if _large(source) else None)
+    ir.save(model, output, external_data=output.name + ".data" if large(source) else None)
     return notes
 
 
@@ -165,7 +178,7 @@ def session_level(level: str) -> Tool:
     def run(source: Path, output: Path) -> None:
         def configure(options: Any) -> None:
             options.optimized_model_filepath = str(output)
-            if _large(source):
+            if large(source):
                 options.add_session_config_entry(
                     "session.optimized_model_external_initializers_file_name", output.name + ".data"
                 )
@@ -189,26 +202,43 @@ _FLOAT32_ONLY = (
 )
 
 
-def fp16() -> Tool:
-    """Weights and computation in float16, inputs and outputs kept in their types (Casts at the edges)."""
+def fp16(modules: Sequence[str] | None = None) -> Tool:
+    """Weights and computation in float16, inputs and outputs kept in their types (Casts at the edges);
+    with ``modules``, only their nodes (Casts where they meet the float32 rest)."""
 
     def run(source: Path, output: Path) -> None:
         import onnx
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
         blocked = [*DEFAULT_OP_BLOCK_LIST, *_FLOAT32_ONLY]
-        model = convert_float_to_float16(onnx.load(source), keep_io_types=True, op_block_list=blocked)
-        onnx.save(model, output, save_as_external_data=_large(source), location=output.name + ".data")
+        model = onnx.load(source)
+        if modules is None:
+            model = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
+        else:
+            # The model-level converter Casts only where float16 nodes meet float32 ones; the function
+            # above would also round every value passed between two float32 nodes through float16.
+            from onnxruntime.transformers.onnx_model import OnnxModel
+
+            kept = sorted(_node_names(model) - module_nodes(source, modules))
+            wrapped = OnnxModel(model)
+            wrapped.convert_float_to_float16(
+                use_symbolic_shape_infer=False, keep_io_types=True, op_block_list=blocked, node_block_list=kept
+            )
+            model = wrapped.model
+        onnx.save(model, output, save_as_external_data=large(source), location=output.name + ".data")
 
     return Tool("fp16", run, exact=False)
 
 
-def quantization(kind: str, calibration: Mapping[str, np.ndarray]) -> Tool:
+def quantization(
+    kind: str, calibration: Sequence[Mapping[str, np.ndarray]], modules: Sequence[str] | None = None
+) -> Tool:
     """Quantization: ``dynamic`` (int8 weights, activations quantized at run time), ``qdq`` (static int8,
-    QuantizeLinear/DequantizeLinear pairs, activation ranges calibrated on ``calibration``) or ``int4``
-    (MatMul weights, a tied ``lm_head``'s too, to 4 bits in blocks of 32 as ``MatMulNBits``, and token
-    embeddings as ``GatherBlockQuantized``: how onnxruntime-genai deploys decoders on CPU, where decoding one
-    token is bound by reading the weights)."""
+    QuantizeLinear/DequantizeLinear pairs, activation ranges calibrated on each input set of
+    ``calibration``) or ``int4`` (MatMul weights, a tied ``lm_head``'s too, to 4 bits in blocks of 32 as
+    ``MatMulNBits``, and token embeddings as ``GatherBlockQuantized``: how onnxruntime-genai deploys decoders
+    on CPU, where decoding one token is bound by reading the weights). With ``modules``, only the nodes of
+    those modules are quantized, as the quantizer would quantize them in the whole model."""
     if kind not in QUANTIZATIONS:
         raise OptimizationError(f"unknown --quantize {kind!r}; use one of {', '.join(QUANTIZATIONS)}")
     import onnx
@@ -219,17 +249,21 @@ def quantization(kind: str, calibration: Mapping[str, np.ndarray]) -> Tool:
     def run(source: Path, output: Path) -> None:
         from onnxruntime import quantization as q
 
-        large = _large(source)
+        external = large(source)
+        only = None if modules is None else module_nodes(source, modules)
         if kind == "int4":
-            _int4(source, output, large)
+            _int4(source, output, external, only)
             return
+        chosen = None if only is None else sorted(only)
         if kind == "dynamic":
-            q.quantize_dynamic(source, output, use_external_data_format=large, extra_options=options)
+            q.quantize_dynamic(
+                source, output, use_external_data_format=external, nodes_to_quantize=chosen, extra_options=options
+            )
             return
 
         class Reader(q.CalibrationDataReader):
             def __init__(self) -> None:
-                self.batches = iter([dict(calibration)])
+                self.batches = iter([dict(feeds) for feeds in calibration])
 
             def get_next(self) -> dict[str, np.ndarray] | None:
                 return next(self.batches, None)
@@ -242,7 +276,8 @@ def quantization(kind: str, calibration: Mapping[str, np.ndarray]) -> Tool:
             # The ops that carry the work, as Optimum's static configurations: quantizing everything would
             # also round the index arithmetic some models do in float (T5's relative position buckets).
             op_types_to_quantize=["MatMul", "Gemm", "Conv"],
-            use_external_data_format=large,
+            nodes_to_quantize=chosen,
+            use_external_data_format=external,
             extra_options=options,
         )
 
@@ -253,20 +288,22 @@ def quantization(kind: str, calibration: Mapping[str, np.ndarray]) -> Tool:
 _INT4_BLOCK = 32
 
 
-def _int4(source: Path, output: Path, large: bool) -> None:
-    """ONNX Runtime's ``MatMulNBitsQuantizer`` on MatMuls and token embeddings, after folding weight
-    Transposes: a tied ``lm_head`` reads the embedding through ``Transpose``, which the quantizer does not
-    look through, and would stay float (the largest MatMul of a small decoder)."""
+def _int4(source: Path, output: Path, external: bool, only: frozenset[str] | None) -> None:
+    """ONNX Runtime's ``MatMulNBitsQuantizer`` on MatMuls and token embeddings (of the nodes ``only`` names,
+    when given), after folding weight Transposes: a tied ``lm_head`` reads the embedding through
+    ``Transpose``, which the quantizer does not look through, and would stay float (the largest MatMul of a
+    small decoder)."""
     import onnx_ir as ir
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from onnx_hierarchy.core._traversal import proto_nodes
-
     folding = ir.load(source)
-    _fold_weight_transposes(folding.graph)
+    _fold_weight_transposes(folding.graph, only)
     model = ir.to_proto(folding)
     embeddings = _token_embeddings(model.graph)
     others = {p.node.name for p in proto_nodes(model) if p.node.op_type == "Gather"} - embeddings
+    if only is not None:  # the quantizer's nodes_to_include adds to its op types; excluding the rest restricts
+        others |= {p.node.name for p in proto_nodes(model)} - only
+        embeddings &= only
     quantizer = MatMulNBitsQuantizer(
         model,
         bits=4,
@@ -279,13 +316,30 @@ def _int4(source: Path, output: Path, large: bool) -> None:
         nodes_to_exclude=sorted(others),
     )
     quantizer.process()
-    quantizer.model.save_model_to_file(str(output), use_external_data_format=large)
+    quantizer.model.save_model_to_file(str(output), use_external_data_format=external)
 
 
-def _fold_weight_transposes(graph: Any) -> None:
-    """Replaces each ``Transpose`` of a 2-D float initializer that only MatMuls read, as their weight, by a
-    transposed copy named ``<weight>_transposed``: retag then finds the parameter in the quantized weight's
-    name. The original stays for its other readers (the embedding's Gather)."""
+def module_nodes(path: Path, modules: Sequence[str]) -> frozenset[str]:
+    """Names of the nodes of ``modules`` (each with its descendants) in the tagged file at ``path``.
+
+    Raises:
+        UnknownModuleError: A module the file does not have.
+    """
+    from onnx_hierarchy.core._hierarchy import load
+
+    hierarchy = load(path)
+    return frozenset(node.name for module in modules for node in hierarchy.nodes(module))
+
+
+def _node_names(model: Any) -> set[str]:
+    return {p.node.name for p in proto_nodes(model)}
+
+
+def _fold_weight_transposes(graph: Any, only: frozenset[str] | None = None) -> None:
+    """Replaces each ``Transpose`` of a 2-D float initializer that only MatMuls read (of those ``only`` names,
+    when given), as their weight, by a transposed copy named ``<weight>_transposed``: retag then finds the
+    parameter in the quantized weight's name. The original stays for its other readers (the embedding's
+    Gather)."""
     import onnx_ir as ir
 
     floats = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
@@ -303,6 +357,8 @@ def _fold_weight_transposes(graph: Any) -> None:
         if (perm is not None and tuple(perm) != (1, 0)) or result.is_graph_output() or not users:
             continue
         if any(user.node.op_type != "MatMul" or user.idx != 1 for user in users):
+            continue
+        if only is not None and any(user.node.name not in only for user in users):
             continue
         if weight.name not in folded:
             array = tensor.numpy().T.copy()

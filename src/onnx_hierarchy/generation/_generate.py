@@ -45,7 +45,9 @@ __all__ = [
     "TokenCallback",
     "decode_decoder",
     "decode_genai",
+    "encode_prompt",
     "generate",
+    "prompt_settings",
 ]
 
 _PURPOSE = "to tag it, then generate"
@@ -302,7 +304,7 @@ def generate(
             from onnx_hierarchy.hf._tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(spec, "pass the prompt's arrays with --inputs FILE.npz")
-            inputs = _encode(tokenizer, prompt, chat)
+            inputs = encode_prompt(tokenizer, prompt, chat)
         assert inputs is not None
         arrays = {name: np.asarray(array) for name, array in inputs.items()}
         if image_text:
@@ -462,7 +464,29 @@ def _check_same_model(parts: Mapping[str, TaggedModel], other: Mapping[str, Tagg
         )
 
 
-def _encode(tokenizer: Any, prompt: str, chat: bool) -> dict[str, np.ndarray]:
+def prompt_settings(model: TaggedModel, source: str | None = None) -> tuple[Any, frozenset[int]]:
+    """The tokenizer that encodes prompts for ``model`` and the tokens that end its sequences: its source's
+    (``source``, else the recorded one), read without building the PyTorch model.
+
+    Raises:
+        ModelSourceError: No source recorded and none given, or it cannot be resolved.
+        InputSpecError: The source has no tokenizer.
+    """
+    from onnx_hierarchy.hf._rebuild import source_of
+    from onnx_hierarchy.hf._tokenizer import load_tokenizer
+
+    resolved = source_of(model, source)
+    tokenizer = load_tokenizer(resolved.spec, "pass the prompts' arrays with --inputs FILE.npz")
+    return tokenizer, _Settings.of(resolved).eos_tokens()
+
+
+def encode_prompt(tokenizer: Any, prompt: str, chat: bool) -> dict[str, np.ndarray]:
+    """A prompt's ``input_ids`` (batch of one), as ``generate`` encodes it; ``chat`` wraps it in the
+    tokenizer's chat template as one user message.
+
+    Raises:
+        InputSpecError: ``chat`` and the tokenizer has no chat template.
+    """
     if chat:
         if not getattr(tokenizer, "chat_template", None):
             raise InputSpecError("--chat: the source's tokenizer has no chat template; drop --chat")

@@ -24,7 +24,17 @@ from onnx_hierarchy.errors import summarize
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-__all__ = ["DEFAULT_POLICY", "WIDENED_NOTE", "RuntimeFailure", "SessionPolicy", "run", "run_file", "session", "widened"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "WIDENED_NOTE",
+    "RuntimeFailure",
+    "SessionPolicy",
+    "run",
+    "run_file",
+    "session",
+    "widened",
+    "with_outputs",
+]
 
 _LEVELS = ("disable", "basic", "extended", "all")
 
@@ -155,6 +165,19 @@ def _session(
         raise RuntimeFailure(f"ONNX Runtime could not load the model: {summarize(error)}") from error
 
 
+def with_outputs(model: onnx_pb.ModelProto, expose: Iterable[str]) -> onnx_pb.ModelProto:
+    """A copy of ``model`` whose graph also outputs the values named in ``expose`` (inner values to compare)."""
+    graph = model.graph
+    present = {v.name for v in graph.output} | {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    wanted = [name for name in dict.fromkeys(expose) if name not in present]
+    known = {v.name: v for v in graph.value_info}
+    header = onnx_pb.ModelProto()
+    header.CopyFrom(model)
+    for name in wanted:
+        header.graph.output.append(known[name] if name in known else onnx_pb.ValueInfoProto(name=name))
+    return header
+
+
 def run(
     model: onnx_pb.ModelProto,
     folder: Path,
@@ -168,15 +191,7 @@ def run(
     ``model`` is left unchanged; the exposed values are added to a copy of its graph outputs. How the model
     was run when not as written (:data:`WIDENED_NOTE`) is appended to ``notes``.
     """
-    graph = model.graph
-    present = {v.name for v in graph.output} | {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    wanted = [name for name in dict.fromkeys(expose) if name not in present]
-    known = {v.name: v for v in graph.value_info}
-    header = onnx_pb.ModelProto()
-    header.CopyFrom(model)
-    for name in wanted:
-        header.graph.output.append(known[name] if name in known else onnx_pb.ValueInfoProto(name=name))
-    runner = session(header, folder, policy)
+    runner = session(with_outputs(model, expose), folder, policy)
     if notes is not None and widened(runner):
         notes.append(WIDENED_NOTE)
     names = [o.name for o in runner.get_outputs()]
