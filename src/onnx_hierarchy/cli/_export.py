@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--task", help="Task (e.g. text-classification) or transformers class. Default: config.architectures[0].")
 @click.option("--structure-only", is_flag=True, help="Build on the meta device: full graph and tags, no weights.")
+@click.option(
+    "--stream-weights/--load-weights",
+    default=None,
+    help="Write each weight from the safetensors shards (bounded memory). Default: when the weights exceed "
+    "half the available memory.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=InputShapes.batch_size, show_default=True)
 @click.option("--sequence-length", type=click.IntRange(min=1), default=InputShapes.sequence_length, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=1), help="Image height and width. Default: from the config.")
@@ -59,6 +65,7 @@ def export_command(
     output: Path,
     task: str | None,
     structure_only: bool,
+    stream_weights: bool | None,
     batch_size: int,
     sequence_length: int,
     image_size: int | None,
@@ -98,6 +105,7 @@ def export_command(
             output,
             task=task,
             structure_only=structure_only,
+            stream_weights=stream_weights,
             shapes=InputShapes(batch_size, sequence_length, image_size),
             input_spec=input_spec,
             dynamic=not static,
@@ -115,13 +123,13 @@ def export_command(
         )
     for warning in result.warnings:
         out.warning(warning)
-    out.result(_render(result, show_tree), result.to_json())
+    out.result(_render(result, show_tree, checked=not no_check), result.to_json())
     if result.check is not None and not result.check.passed:
         return EXIT_CHECK_FAILED
     return EXIT_OK
 
 
-def _render(result: ExportResult, show_tree: bool) -> Group:
+def _render(result: ExportResult, show_tree: bool, *, checked: bool) -> Group:
     record = result.record
     summary = Table.grid(padding=(0, 2))
     summary.add_row("output", escape(str(result.output)))
@@ -149,6 +157,8 @@ def _render(result: ExportResult, show_tree: bool) -> Group:
             summary.add_row(label, line)
     elif record.structure_only:
         summary.add_row("check", "skipped: structure-only export has no weights")
+    elif checked:
+        summary.add_row("check", "skipped: the weights would not fit in memory twice")
     else:
         summary.add_row("check", "skipped (--no-check)")
     parts: list[Table | object] = [summary]

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 @click.option("--module", "-m", "module", help="Only these modules (path or glob) and what is inside them.")
 @click.option("--depth", type=click.IntRange(min=0), help="Only modules at most this far below the root (or -m's).")
 @click.option("--only-failures", is_flag=True, help="Only module calls over tolerance (and the modules holding them).")
+@click.option("--by-layer", is_flag=True, help="One layer's weights in memory at a time (models beyond memory).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def verify_command(
     model: Path,
@@ -53,6 +54,7 @@ def verify_command(
     module: str | None,
     depth: int | None,
     only_failures: bool,
+    by_layer: bool,
     fmt: str,
 ) -> int:
     """Compare MODEL with PyTorch module call by module call, and point at the first module that diverges.
@@ -62,6 +64,7 @@ def verify_command(
       onnx-hierarchy verify model.onnx --model ./checkpoint --text "Hello world"
       onnx-hierarchy verify model_fp16.onnx --reference model.onnx --atol 1e-2
       onnx-hierarchy verify model.onnx --depth 3 --only-failures
+      onnx-hierarchy verify llama-70b.onnx --by-layer
     """
     from onnx_hierarchy.verification._verify import verify
 
@@ -74,7 +77,15 @@ def verify_command(
     out = Output(fmt)
     with out.progress() as progress:
         result = verify(
-            model, source=source, reference=reference, inputs=inputs, text=text, atol=atol, rtol=rtol, progress=progress
+            model,
+            source=source,
+            reference=reference,
+            inputs=inputs,
+            text=text,
+            atol=atol,
+            rtol=rtol,
+            by_layer=by_layer,
+            progress=progress,
         )
     for warning in result.warnings:
         out.warning(warning)

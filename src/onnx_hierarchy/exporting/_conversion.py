@@ -11,7 +11,16 @@ import torch
 import torch.utils._pytree as pytree
 
 from onnx_hierarchy.core import _quiet
-from onnx_hierarchy.errors import ConversionError, InputSpecError, TraceError, reraise_interrupt, summarize
+from onnx_hierarchy.errors import (
+    ConversionError,
+    HierarchyError,
+    InputSpecError,
+    TraceError,
+    reraise_interrupt,
+    summarize,
+)
+from onnx_hierarchy.exporting import _streaming
+from onnx_hierarchy.exporting._streaming import WeightReader
 from onnx_hierarchy.exporting._translations import translations
 from onnx_hierarchy.hf._inputs import ModelInputs
 from onnx_hierarchy.hf._module_tree import count_calls
@@ -84,27 +93,46 @@ def _trace_once(
     return TracedModel(program, calls, dims is not None, None)
 
 
-def convert(traced: TracedModel, inputs: ModelInputs, *, opset: int | None, optimize: bool) -> torch.onnx.ONNXProgram:
+def convert(
+    traced: TracedModel,
+    inputs: ModelInputs,
+    *,
+    opset: int | None,
+    optimize: bool,
+    weights: WeightReader | None = None,
+) -> torch.onnx.ONNXProgram:
     """Converts the traced program to ONNX, naming outputs after the model's output fields and
     dynamic axes after ``inputs.dynamic_axes``.
+
+    With ``weights`` (a program traced on fake tensors), the weights come from there, streamed when the
+    model is saved (``_streaming``); the steps are torch.onnx's own, in its order: optimize, then name the
+    outputs (which records each one's former name in its metadata).
 
     Raises:
         ConversionError: torch.onnx has no translation for an operator, or the translation fails.
     """
     axis_names = {name: inputs.dynamic_axes.get(name) or None for name in inputs.tensors} if traced.dynamic else None
+    names = output_names(traced.program)
     try:
         with quiet():
             program = torch.onnx.export(
                 traced.program,
                 (),
                 dynamic_shapes=axis_names,
-                output_names=output_names(traced.program),
+                output_names=None if weights else names,
                 opset_version=opset,
                 custom_translation_table=translations(),
                 dynamo=True,
-                optimize=optimize,
+                optimize=optimize and weights is None,
                 verbose=False,
             )
+            if program is not None and weights is not None:
+                _streaming.optimize_streamed(program, weights)
+                for value, name in zip(program.model.graph.outputs, names, strict=False):
+                    value.metadata_props["pkg.torch.onnx.original_node_name"] = str(value.name)
+                    value.name = name
+    except HierarchyError:
+        raise
     except Exception as error:  # torch.onnx wraps translation failures in several types
         reraise_interrupt(error)
         raise ConversionError(f"torch.onnx could not convert the traced program: {summarize(error)}") from error

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import importlib.metadata
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from onnx_hierarchy import schema
 from onnx_hierarchy.core import _saving
 from onnx_hierarchy.core._progress import ProgressCallback, StageClock, StageTiming
 from onnx_hierarchy.core._traversal import ir_nodes
 from onnx_hierarchy.errors import InputSpecError, TraceError
-from onnx_hierarchy.exporting import _conversion
+from onnx_hierarchy.exporting import _conversion, _streaming
 from onnx_hierarchy.exporting._check import compare_with_torch
-from onnx_hierarchy.hf import _deploy, _flat_cache, _inputs, _module_tree, _multimodal, _source
+from onnx_hierarchy.hf import _checkpoint, _deploy, _flat_cache, _inputs, _module_tree, _multimodal, _source
 from onnx_hierarchy.hf._shapes import InputShapes, check_sizes
 from onnx_hierarchy.runtime import _tolerance
 from onnx_hierarchy.runtime._compare import Comparison
@@ -173,6 +176,7 @@ def export(
     *,
     task: str | None = None,
     structure_only: bool = False,
+    stream_weights: bool | None = None,
     shapes: InputShapes | None = None,
     input_spec: str | os.PathLike[str] | None = None,
     dynamic: bool = True,
@@ -203,6 +207,10 @@ def export(
             base model. ``text-generation-with-past`` and the other ``-with-past`` tasks export the KV cache
             as inputs and outputs.
         structure_only: Build on the meta device: no weight is allocated or written.
+        stream_weights: Trace on fake tensors and write each weight straight from the checkpoint's
+            safetensors shards (``exporting._streaming``): memory bounded by the largest weight, the files
+            bitwise those of an in-memory export. ``None``: when the weights in ``dtype`` would take more
+            than half the memory available. The check then runs only when the model fits in memory.
         shapes: Sizes of generated dummy inputs.
         input_spec: JSON file overriding generated inputs (plain exports).
         dynamic: Export batch and sequence axes as dynamic (falls back to static when tracing fails).
@@ -248,25 +256,45 @@ def export(
             _saving.check_writable(output, force)
         cache_disabled = not with_past and _source.disable_cache(source.config)
         torch_dtype = _source.resolve_dtype(dtype, source)
-        built = _source.build_model(source, model_class, structure_only=structure_only, seed=seed, dtype=torch_dtype)
+        streamed = not structure_only and _checkpoint.should_stream(source, torch_dtype, stream_weights)
+        fake_mode = _streaming.fake_mode() if streamed else None
+        built = _source.build_model(
+            source, model_class, structure_only=structure_only, seed=seed, dtype=torch_dtype, fake_mode=fake_mode
+        )
         torch_model, weights = built.model, built.weights
-        if generation:
-            if input_spec is not None:
-                raise InputSpecError(
-                    "--input-spec describes the inputs of plain exports; generation exports make their own"
-                )
+        reader = None
+        if fake_mode is not None:
+            reader = _checkpoint.CheckpointReader(source, torch_model, torch_dtype)
+            with fake_mode:
+                reader.match_dtypes(torch_model)
+            weights = "pretrained"
+        if generation and input_spec is not None:
+            raise InputSpecError(
+                "--input-spec describes the inputs of plain exports; generation exports make their own"
+            )
+
+        def graph_parts(model: torch.nn.Module) -> list[_flat_cache.GraphPart]:
             if image_text:
-                parts = _multimodal.image_text_parts(torch_model, shapes)
+                parts = _multimodal.image_text_parts(model, shapes)
+            elif generation:
+                parts = _flat_cache.generation_parts(model, task_name, with_past, shapes)
             else:
-                parts = _flat_cache.generation_parts(torch_model, task_name, with_past, shapes)
-        else:
-            inputs = _inputs.generate_inputs(torch_model, shapes)
-            if input_spec is not None:
-                inputs = _inputs.apply_input_spec(inputs, Path(input_spec), torch_model)
-            parts = [_multimodal.plain_part(torch_model, inputs)]
-        parts = [dataclasses.replace(p, inputs=p.inputs.floats_in(torch_dtype)) for p in parts]
+                inputs = _inputs.generate_inputs(model, shapes)
+                if input_spec is not None:
+                    inputs = _inputs.apply_input_spec(inputs, Path(input_spec), model)
+                parts = [_multimodal.plain_part(model, inputs)]
+            return [dataclasses.replace(p, inputs=p.inputs.floats_in(torch_dtype)) for p in parts]
+
+        parts = graph_parts(torch_model)
         if structure_only:
             parts = [dataclasses.replace(p, inputs=_on_meta(p.inputs)) for p in parts]
+    if streamed:
+        why = (
+            ""
+            if stream_weights
+            else ": they would take more than half the available memory (--load-weights loads them)"
+        )
+        notes.append(f"weights streamed from {source.spec}'s safetensors shards{why}")
     if weights == "random":
         notes.append(f"{source.spec} has no weights: exported with random weights (seed {seed})")
     if built.new_parameters:
@@ -303,6 +331,9 @@ def export(
         tolerance=_tolerance.overridden(_tolerance.against_torch(precision), atol, rtol),
         policy=policy,
         use_cache=with_past,
+        reader=reader,
+        fake_mode=fake_mode,
+        checked_parts=functools.cache(lambda: _loaded_parts(source, model_class, seed, torch_dtype, graph_parts)),
     )
     if not folder:
         result, files = _export_part(torch_model, parts[0], output, settings, clock, notes)
@@ -347,6 +378,11 @@ class _Settings:
     tolerance: _tolerance.Tolerance
     policy: SessionPolicy
     use_cache: bool
+    reader: _checkpoint.CheckpointReader | None = None
+    fake_mode: FakeTensorMode | None = None
+    # A streamed export's model holds no values: its check builds the model with its weights, and the parts
+    # again (their forwards call the model they were made for).
+    checked_parts: Callable[[], tuple[torch.nn.Module, dict[str | None, _flat_cache.GraphPart]]] | None = None
 
 
 def _export_part(
@@ -359,9 +395,11 @@ def _export_part(
 ) -> tuple[PartResult, list[Path]]:
     """Traces, converts, tags, saves and checks one graph."""
     inputs = part.inputs
+    reader = settings.reader
     with _flat_cache.installed(torch_model, part) as model:
         with clock("trace"):
-            traced = _conversion.trace(model, inputs, dynamic=settings.dynamic)
+            faked = inputs if settings.fake_mode is None else _streaming.faked(inputs, settings.fake_mode)
+            traced = _conversion.trace(model, faked, dynamic=settings.dynamic)
         if traced.fallback_reason and part.name is not None:
             raise TraceError(
                 f"{traced.fallback_reason}: a generation graph with static shapes cannot decode token by token; "
@@ -372,7 +410,11 @@ def _export_part(
 
         with clock("convert"):
             onnx_program = _conversion.convert(
-                traced, inputs, opset=settings.opset, optimize=not settings.structure_only
+                traced,
+                inputs,
+                opset=settings.opset,
+                optimize=not settings.structure_only,
+                weights=None if reader is None else reader.tensor,
             )
         onnx_model = onnx_program.model
         for value in onnx_model.graph.inputs:
@@ -395,16 +437,38 @@ def _export_part(
             sidecar = _sidecar(onnx_model, modules, record) if settings.sidecar else None
             files = _saving.save_atomically(onnx_model, output, sidecar=sidecar)
 
-        check_result = None
-        if settings.check and not settings.structure_only:
-            with clock("check"):
-                feeds = {part.onnx_name(name): tensor for name, tensor in inputs.tensors.items()}
+    check_result = None
+    if settings.check and not settings.structure_only and (reader is None or reader.fits_in_memory()):
+        with clock("check"):
+            checked, checked_part = torch_model, part
+            if reader is not None and settings.checked_parts is not None:
+                checked, by_name = settings.checked_parts()
+                checked_part = by_name[part.name]
+            tensors = checked_part.inputs.tensors
+            with _flat_cache.installed(checked, checked_part) as model:
+                feeds = {part.onnx_name(name): tensor for name, tensor in tensors.items()}
                 check_result = compare_with_torch(
-                    output, model, inputs.tensors, feeds, record.outputs, settings.tolerance, settings.policy
+                    output, model, tensors, feeds, record.outputs, settings.tolerance, settings.policy
                 )
+    elif settings.check and reader is not None:
+        notes.append(
+            f"not checked against PyTorch: the weights ({reader.nbytes / 1e9:.1f} GB) would not fit in memory "
+            "beside ONNX Runtime's copy"
+        )
     nodes = sum(module_nodes.values())
     result = PartResult(part.name, output, record, tuple(modules), nodes, traced_count, module_nodes, check_result)
     return result, files
+
+
+def _loaded_parts(
+    source: _source.ModelSource,
+    model_class: _source.ModelClass,
+    seed: int,
+    dtype: torch.dtype,
+    graph_parts: Callable[[torch.nn.Module], list[_flat_cache.GraphPart]],
+) -> tuple[torch.nn.Module, dict[str | None, _flat_cache.GraphPart]]:
+    model = _source.build_model(source, model_class, structure_only=False, seed=seed, dtype=dtype).model
+    return model, {part.name: part for part in graph_parts(model)}
 
 
 def _on_meta(inputs: _inputs.ModelInputs) -> _inputs.ModelInputs:

@@ -43,6 +43,7 @@ from onnx_hierarchy.errors import InputSpecError, TaskError, summarize
 from onnx_hierarchy.hf._cache_names import PAST_CONV, PAST_NAMES, PRESENT_CONV, PRESENT_NAMES, recurrent_names
 from onnx_hierarchy.hf._inputs import ModelInputs, generate_inputs
 from onnx_hierarchy.hf._shapes import InputShapes
+from onnx_hierarchy.hf._source import shapes_only_experts
 
 __all__ = [
     "WITH_PAST_SUFFIX",
@@ -222,7 +223,7 @@ def cache_shapes(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> 
     """
     device = next(iter(model.parameters())).device
     try:
-        with torch.no_grad():
+        with torch.no_grad(), shapes_only_experts(model):
             output = model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=True)
     except Exception as error:  # any failure of plain PyTorch on a two-token prompt is the model's
         raise InputSpecError(

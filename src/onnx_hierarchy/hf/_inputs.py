@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from onnx_hierarchy.errors import InputSpecError, summarize
-from onnx_hierarchy.hf._shapes import InputShapes, _available_memory
+from onnx_hierarchy.hf._shapes import InputShapes, available_memory
 
 _DTYPES = {
     "int64": torch.int64,
@@ -150,7 +150,7 @@ def _tensor_from_spec(name: str, entry: Any, generator: torch.Generator) -> tupl
     shape = entry["shape"]
     if not isinstance(shape, list) or not all(type(d) is int and d > 0 for d in shape):
         raise InputSpecError(f"input spec for {name!r}: shape must be a list of positive integers, got {shape!r}")
-    available = _available_memory()
+    available = available_memory()
     if available and 8 * math.prod(shape) > available:
         raise InputSpecError(
             f"input spec for {name!r}: shape {shape} needs {8 * math.prod(shape) / 1e9:.1f} GB, more than the "

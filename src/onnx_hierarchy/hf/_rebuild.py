@@ -15,6 +15,7 @@ import torch
 from onnx_hierarchy.core._tagged import TaggedModel
 from onnx_hierarchy.errors import ModelSourceError
 from onnx_hierarchy.hf import _multimodal, _source
+from onnx_hierarchy.hf._checkpoint import CheckpointReader
 from onnx_hierarchy.hf._flat_cache import GraphPart, generation_parts, split_task
 from onnx_hierarchy.hf._shapes import InputShapes
 
@@ -31,12 +32,15 @@ class Rebuilt:
         warnings: What the user should know (random weights from a seed, weights other than exported).
         part: The generation part the ONNX file holds, whose forward takes the file's inputs; ``None`` for
             a plain export.
+        reader: For a model rebuilt on the meta device (``on_demand``), where its weights are read from when
+            it runs (``_checkpoint.weights_on_demand``).
     """
 
     model: torch.nn.Module
     spec: str
     warnings: tuple[str, ...]
     part: GraphPart | None = None
+    reader: CheckpointReader | None = None
 
 
 def _recorded(target: TaggedModel) -> str:
@@ -82,9 +86,10 @@ def source_of(target: TaggedModel, source: str | None) -> _source.ModelSource:
     return resolved
 
 
-def rebuild(target: TaggedModel, source: str | None) -> Rebuilt:
+def rebuild(target: TaggedModel, source: str | None, *, on_demand: bool = False) -> Rebuilt:
     """The PyTorch model ``target`` was exported from: its recorded source (or ``source``), its class, the
-    recorded seed for weights the source lacks, and the forward of the part the file holds.
+    recorded seed for weights the source lacks, and the forward of the part the file holds. ``on_demand``:
+    built on the meta device, its weights to be read from the checkpoint's shards as it runs.
 
     Raises:
         ModelSourceError: No source recorded and none given, the recorded source moved, or the source is
@@ -107,8 +112,13 @@ def rebuild(target: TaggedModel, source: str | None) -> Rebuilt:
         _source.disable_cache(resolved.config)
     seed = record.seed if record is not None and record.seed is not None else 0
     dtype = _source.DTYPES.get(record.dtype if record is not None else "float32", torch.float32)
-    built = _source.build_model(resolved, model_class, structure_only=False, seed=seed, dtype=dtype)
+    built = _source.build_model(resolved, model_class, structure_only=on_demand, seed=seed, dtype=dtype)
     torch_model, weights = built.model, built.weights
+    reader = None
+    if on_demand:
+        reader = CheckpointReader(resolved, torch_model, dtype)
+        reader.match_dtypes(torch_model)
+        weights = "pretrained"
     if weights == "random":
         warnings.append(f"{spec} has no weights: PyTorch model rebuilt with random weights from seed {seed}")
     if record is not None and record.weights == "pretrained" and weights == "random":
@@ -121,7 +131,7 @@ def rebuild(target: TaggedModel, source: str | None) -> Rebuilt:
         else:
             parts = generation_parts(torch_model, task, with_past, InputShapes())
         part = next(p for p in parts if p.name == record.part)
-    return Rebuilt(torch_model, spec, tuple(warnings), part)
+    return Rebuilt(torch_model, spec, tuple(warnings), part, reader)
 
 
 def _check_architecture(target: TaggedModel, torch_model: torch.nn.Module, spec: str) -> None:

@@ -56,7 +56,7 @@ def check_sizes(config: Any, shapes: InputShapes, available: int | None = None) 
     # int64 ids, mask and types; float activations of one layer (a dozen hidden-sized tensors) and its
     # attention scores; images as float pixels.
     needed = batch * sequence * (3 * 8 + 12 * 4 * hidden + 2 * 4 * heads * sequence) + batch * 3 * image * image * 4
-    available = _available_memory() if available is None else available
+    available = available_memory() if available is None else available
     if available and needed > available:
         raise InputSpecError(
             f"--batch-size {batch} --sequence-length {sequence} needs about {needed / 1e9:.1f} GB for the inputs and "
@@ -72,7 +72,7 @@ def _first_int(config: Any, names: tuple[str, ...]) -> int | None:
     return None
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
     """Bytes the system can give (``MemAvailable``), or ``None`` where it does not say."""
     try:
         with open("/proc/meminfo") as meminfo:

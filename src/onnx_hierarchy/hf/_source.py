@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import transformers
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from onnx_hierarchy.errors import ModelSourceError, TaskError, summarize
 from onnx_hierarchy.hf._random_weights import quick_draws
@@ -295,6 +296,7 @@ def build_model(
     structure_only: bool,
     seed: int,
     dtype: torch.dtype = torch.float32,
+    fake_mode: FakeTensorMode | None = None,
 ) -> BuiltModel:
     """Builds the model in eval mode, its weights in ``dtype``.
 
@@ -302,11 +304,12 @@ def build_model(
     Random weights, and the weights a checkpoint lacks for the requested head, are drawn from ``seed``
     without touching the caller's global RNG state, so the same model can be rebuilt later; large ones
     quickly (:func:`~onnx_hierarchy.hf._random_weights.quick_draws`). A checkpoint's safetensors are
-    memory-mapped by transformers and copied shard by shard into weights of ``dtype``.
+    memory-mapped by transformers and copied shard by shard into weights of ``dtype``. Under ``fake_mode``
+    the weights are fake CPU tensors: nothing allocated, and traced graphs name the CPU, as the real model's do.
     """
     config = source.config
     kwargs: dict[str, Any] = {"attn_implementation": "eager", "dtype": dtype}
-    if source.has_weights and not structure_only:
+    if source.has_weights and not structure_only and fake_mode is None:
         # The library never prints: no progress bar, no load report (new parameters are returned instead).
         progress_bars = transformers.utils.logging.is_progress_bar_enabled()
         verbosity = transformers.utils.logging.get_verbosity()
@@ -338,6 +341,10 @@ def build_model(
             with torch.device("meta"):
                 model = model_class._from_config(config, **kwargs)
             weights = "none"
+        elif fake_mode is not None:
+            with fake_mode:
+                model = model_class._from_config(config, **kwargs)
+            weights = "none"
         else:
             with torch.random.fork_rng(devices=[]), quick_draws():
                 torch.manual_seed(seed)
@@ -352,6 +359,28 @@ def build_model(
 
 # PyTorch's CPU grouped matmul (torch._grouped_mm) needs every row of its operands to start 16 bytes apart.
 _GROUPED_MM_ALIGNMENT = 16
+
+
+@contextlib.contextmanager
+def shapes_only_experts(model: torch.nn.Module) -> Iterator[None]:
+    """Runs the experts of a model without values (meta or fake weights) as ``batched_mm`` for the block.
+
+    The meta kernel of PyTorch's grouped matmul checks the dtypes CUDA's kernel needs (bfloat16), so a float32
+    ``grouped_mm`` model fails outside torch.export; an eager forward that only wants shapes (the KV-cache
+    probe) gets the same ones from ``batched_mm``. Models with values, and tracing, are left alone.
+    """
+    implementation = choose_experts(model)
+    parameter = next(iter(model.parameters()), None)
+    valueless = parameter is not None and (parameter.is_meta or isinstance(parameter, FakeTensor))
+    if implementation != "grouped_mm" or not valueless:
+        yield
+        return
+    assert isinstance(model, transformers.PreTrainedModel)
+    model.set_experts_implementation("batched_mm")
+    try:
+        yield
+    finally:
+        model.set_experts_implementation(implementation)
 
 
 def choose_experts(model: torch.nn.Module) -> str | None:

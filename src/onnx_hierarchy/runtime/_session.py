@@ -109,6 +109,7 @@ def session(
     with tempfile.TemporaryDirectory(prefix="onnx-hierarchy-widened-") as scratch:
         widened_path = Path(scratch) / "widened.onnx"
         _saving.save_atomically(copy, widened_path)
+        del copy  # ONNX Runtime reads the weights from the file: not twice in memory (a large model's head)
         runner = _session(widened_path, None, policy, configure)
     _WIDENED.add(runner)
     return runner

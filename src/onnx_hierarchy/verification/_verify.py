@@ -16,6 +16,7 @@ Nothing is paired by closeness of values, so a wrong number can never be hidden 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import enum
 import math
@@ -36,6 +37,7 @@ from onnx_hierarchy.runtime._compare import Comparison
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
 from onnx_hierarchy.runtime._tolerance import Tolerance
 from onnx_hierarchy.tagging._matching import Derivation, Evidence, derive
+from onnx_hierarchy.verification._by_layer import run_by_layer
 
 if TYPE_CHECKING:
     import torch
@@ -241,6 +243,7 @@ def verify(
     atol: float | None = None,
     rtol: float | None = None,
     policy: SessionPolicy = DEFAULT_POLICY,
+    by_layer: bool = False,
     progress: ProgressCallback | None = None,
 ) -> VerifyResult:
     """Compares every module call of an exported model with PyTorch, or with a reference ONNX model.
@@ -258,6 +261,9 @@ def verify(
             files against a reference.
         rtol: Relative tolerance, likewise.
         policy: How ONNX Runtime sessions are made.
+        by_layer: Hold one layer's weights at a time (models beyond memory, such as streamed exports): PyTorch
+            reads each module's weights from the checkpoint's shards as it runs, ONNX Runtime runs the file one
+            repeated layer at a time (``_by_layer``). Against PyTorch only.
         progress: Told when each stage (read, build, torch, reference, onnx) starts and finishes.
 
     Raises:
@@ -276,6 +282,8 @@ def verify(
     else:
         default = _tolerance.against_torch(*target.model.arithmetic)
     tolerance = _tolerance.overridden(default, atol, rtol)
+    if by_layer and other is not None:
+        raise InputSpecError("--by-layer compares with PyTorch, not with a --reference model")
     if other is not None:
         if record is not None and other.model.record is not None and record.model_type != other.model.record.model_type:
             raise ModelSourceError(
@@ -308,20 +316,32 @@ def verify(
             outputs,
         )
 
-    from onnx_hierarchy.hf._flat_cache import installed  # torch and transformers: only when compared with them
+    # torch and transformers: only when compared with them
+    from onnx_hierarchy.hf._checkpoint import weights_on_demand
+    from onnx_hierarchy.hf._flat_cache import installed
     from onnx_hierarchy.hf._rebuild import rebuild
 
     with clock("build"):
-        rebuilt = rebuild(target.model, source)
+        rebuilt = rebuild(target.model, source, on_demand=by_layer)
         spec, warnings = rebuilt.spec, rebuilt.warnings
         feeds = _feeds.run_feeds(
             target.model.proto, record, inputs=inputs, text=text, source=spec, location=target.model.path.parent
         )
     with clock("torch"), installed(rebuilt.model, rebuilt.part) as torch_model:
         python_names = rebuilt.part.python_names() if rebuilt.part is not None else {}
-        recorded, input_identities = _record_calls(torch_model, feeds, python_names)
+        with contextlib.ExitStack() as stack:
+            if rebuilt.reader is not None:
+                stack.enter_context(weights_on_demand(torch_model, rebuilt.reader))
+            recorded, input_identities = _record_calls(torch_model, feeds, python_names)
     with clock("onnx"):
-        actual = target.run(feeds, policy, notes)
+        if by_layer:
+            exposed = [name for names in target.boundaries.outputs.values() for name in names]
+            try:
+                actual = run_by_layer(target.model.path, feeds, exposed, policy, notes)
+            except _session.RuntimeFailure as failure:
+                raise ModelFileError(f"{target.model.path}: {failure}") from failure
+        else:
+            actual = target.run(feeds, policy, notes)
     calls = _compare_torch(target, recorded, input_identities, actual, tolerance)
     judged = next((c.comparison for c in calls if c.module == "" and c.status in _JUDGED), None)
     return VerifyResult(
@@ -428,7 +448,8 @@ def _record_calls(
         path = paths[0]
         leaves = [leaf for leaf in pytree.tree_leaves(output) if isinstance(leaf, torch.Tensor)]
         keep_alive.append(leaves)
-        outputs = [t.detach().clone() for t in leaves]
+        # numpy has no bfloat16: such outputs are kept as float32, which holds them exactly.
+        outputs = [t.detach().float() if t.dtype == torch.bfloat16 else t.detach().clone() for t in leaves]
         recorded.append(_TorchCall(path, counts[path], outputs, [_identity(t) for t in leaves]))
         counts[path] += 1
 
