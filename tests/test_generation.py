@@ -173,16 +173,32 @@ def test_generate_cli_prints_both_continuations(
     assert data["onnx"]["tokens_per_second"] > 0 and len(data["onnx"]["tokens"]) == _NEW_TOKENS
 
 
-@pytest.mark.slow
-def test_real_smollm2_answers_the_chat_prompt_as_transformers_does(smollm2: Path, tmp_path: Path) -> None:
-    """SmolLM2 exported to a deployable folder answers as transformers does in our loop and, unchanged, in
-    onnxruntime-genai; fused for genai (GroupQueryAttention in all 30 layers) it still does."""
-    output = tmp_path / "smollm2"
+_CHAT = {"prompt": "What is the capital of France?", "chat": True, "max_new_tokens": 32}
+
+
+@pytest.fixture(scope="module")
+def smollm2_folder(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 exported with its KV cache to a deployable folder (model.onnx, genai_config.json, tokenizer)."""
+    output = tmp_path_factory.mktemp("smollm2") / "smollm2"
     result = onnx_hierarchy.export(smollm2, output, task="text-generation-with-past")
     assert result.check is not None and result.check.passed, result.check
     assert result.inferred == 0 and result.record.weights == "pretrained" and result.record.source_kind == "gguf"
-    prompt = {"prompt": "What is the capital of France?", "chat": True, "max_new_tokens": 32}
-    generated = onnx_hierarchy.generate(output, **prompt)
+    return output
+
+
+@pytest.fixture(scope="module")
+def smollm2_answer(smollm2_folder: Path) -> onnx_hierarchy.GenerateResult:
+    """The folder's answer to the chat prompt in our loop, beside transformers' ``generate()``."""
+    return onnx_hierarchy.generate(smollm2_folder, **_CHAT)
+
+
+@pytest.mark.slow
+def test_real_smollm2_answers_the_chat_prompt_as_transformers_does(
+    smollm2_folder: Path, smollm2_answer: onnx_hierarchy.GenerateResult, tmp_path: Path
+) -> None:
+    """SmolLM2 exported to a deployable folder answers as transformers does in our loop and, unchanged, in
+    onnxruntime-genai; fused for genai (GroupQueryAttention in all 30 layers) it still does."""
+    output, prompt, generated = smollm2_folder, _CHAT, smollm2_answer
     assert generated.identical, (generated.onnx.text, generated.torch.text)
     assert generated.onnx.text is not None and "Paris" in generated.onnx.text
     assert generated.torch is not None
@@ -195,6 +211,39 @@ def test_real_smollm2_answers_the_chat_prompt_as_transformers_does(smollm2: Path
     for runtime in ("genai", "ort"):
         decoded = onnx_hierarchy.generate(fused.output, runtime=runtime, reference=False, **prompt)
         assert decoded.onnx.tokens == generated.torch.tokens, runtime
+
+
+@pytest.mark.slow
+def test_real_smollm2_layers_as_one_function_decode_the_same_tokens(
+    smollm2_folder: Path, smollm2_answer: onnx_hierarchy.GenerateResult, tmp_path: Path
+) -> None:
+    """All 30 decoder layers as one shared function: the file passes the full checker, is smaller, computes
+    what the flat file computes, and decodes transformers' exact tokens (ONNX Runtime runs the file as
+    written)."""
+    import onnx
+    import onnxruntime as ort
+
+    from onnx_hierarchy.runtime._feeds import dummy_feeds
+
+    folder = tmp_path / "layers"
+    folder.mkdir()
+    for companion in smollm2_folder.iterdir():
+        if companion.suffix != ".onnx" and not companion.name.endswith(".data"):
+            shutil.copy(companion, folder / companion.name)
+    result = onnx_hierarchy.functions(smollm2_folder / "model.onnx", folder / "model.onnx", cls="LlamaDecoderLayer")
+    assert [(f.name, len(f.calls)) for f in result.functions] == [("LlamaDecoderLayer", 30)] and not result.flat
+    assert result.graph_bytes < 0.5 * result.flat_graph_bytes
+    onnx.checker.check_model(str(result.output), full_check=True)
+    feeds = dummy_feeds(onnx.load(smollm2_folder / "model.onnx", load_external_data=False), past_length=5)
+    runs = [ort.InferenceSession(str(path)).run(None, feeds) for path in (smollm2_folder / "model.onnx", result.output)]
+    for flat_value, function_value in zip(*runs, strict=True):
+        np.testing.assert_allclose(function_value, flat_value, rtol=0, atol=1e-6)
+    for read in (onnx_hierarchy.tree, onnx_hierarchy.nodes):
+        assert read(result.output).to_json() == read(smollm2_folder / "model.onnx").to_json()
+    expected = smollm2_answer.torch
+    assert expected is not None and smollm2_answer.identical
+    decoded = onnx_hierarchy.generate(folder, reference=False, **_CHAT)
+    assert decoded.onnx.tokens == expected.tokens
 
 
 def test_a_folder_export_replaces_every_part_of_an_earlier_one(

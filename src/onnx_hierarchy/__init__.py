@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from onnx_hierarchy.inspection._validate import ValidationReport, validate
     from onnx_hierarchy.pieces._assemble import AssembleResult, Splice, Unchanged, assemble
     from onnx_hierarchy.pieces._extract import ExtractResult, Piece, SkippedModule, extract, extract_all
+    from onnx_hierarchy.pieces._functions import FlatCall, FunctionsResult, ModuleFunction, functions
     from onnx_hierarchy.precision._measure import Criterion, Measurement
     from onnx_hierarchy.precision._mixed import MixedResult, PromptCheck, mixed
     from onnx_hierarchy.precision._sensitivity import ModuleSensitivity, SensitivityResult, sensitivity
@@ -68,6 +69,8 @@ __all__ = [
     "Evaluation",
     "ExportResult",
     "ExtractResult",
+    "FlatCall",
+    "FunctionsResult",
     "Fusion",
     "GenerateResult",
     "Hierarchy",
@@ -75,6 +78,7 @@ __all__ = [
     "Measurement",
     "MixedResult",
     "ModuleDiff",
+    "ModuleFunction",
     "ModuleSensitivity",
     "ModuleStats",
     "ModuleTime",
@@ -112,6 +116,7 @@ __all__ = [
     "export",
     "extract",
     "extract_all",
+    "functions",
     "generate",
     "load",
     "mixed",
@@ -175,6 +180,10 @@ _LAZY = {
     "SkippedModule": "onnx_hierarchy.pieces._extract",
     "extract": "onnx_hierarchy.pieces._extract",
     "extract_all": "onnx_hierarchy.pieces._extract",
+    "FlatCall": "onnx_hierarchy.pieces._functions",
+    "FunctionsResult": "onnx_hierarchy.pieces._functions",
+    "ModuleFunction": "onnx_hierarchy.pieces._functions",
+    "functions": "onnx_hierarchy.pieces._functions",
     "Criterion": "onnx_hierarchy.precision._measure",
     "Measurement": "onnx_hierarchy.precision._measure",
     "MixedResult": "onnx_hierarchy.precision._mixed",

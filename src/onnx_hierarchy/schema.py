@@ -15,12 +15,18 @@ Per model (``ModelProto.metadata_props``): ``hierarchy.version``, ``hierarchy.mo
 tree), ``hierarchy.export`` (JSON export record), in a piece cut out of a model ``hierarchy.piece``
 (JSON: which module of which model it holds) and, in a model another tool derived from a tagged one,
 ``hierarchy.derivation`` (JSON: the steps, each with how its nodes were tagged).
+
+In a model whose repeated modules are local functions (``onnx-hierarchy functions``), a function's
+``hierarchy.function`` says its body's tags are relative to the module that calls it, and each call node
+carries that module's tags plus ``hierarchy.inline``: what the call's nodes and values are named in the
+flat model. :func:`relative_props` and :func:`composed_props` convert between the two forms.
 """
 
 from __future__ import annotations
 
 import ast
 import enum
+import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,7 +42,9 @@ __all__ = [
     "CLASS_KEY",
     "DERIVATION_KEY",
     "EXPORT_KEY",
+    "FUNCTION_KEY",
     "FUSED_KEY",
+    "INLINE_KEY",
     "MODULES_KEY",
     "MODULE_KEY",
     "NAMESPACE_KEY",
@@ -46,29 +54,40 @@ __all__ = [
     "TAG_KEY",
     "TORCH_CLASS_HIERARCHY_KEY",
     "TORCH_EMPTY_STACK_MARKER",
+    "TORCH_FX_NODE_KEY",
     "TORCH_NAME_SCOPES_KEY",
     "TORCH_STACK_TRACE_KEY",
     "VERSION_KEY",
+    "CallScope",
     "DerivationStep",
     "ExportRecord",
+    "FunctionRecord",
     "HasMetadata",
+    "InlineRecord",
     "InputRecord",
     "ModuleRecord",
     "NodeTag",
     "PieceRecord",
     "TagSource",
     "class_path",
+    "composed_props",
+    "leafless_props",
     "modules_by_path",
     "read_derivation",
     "read_export_record",
+    "read_function_record",
+    "read_inline_record",
     "read_modules",
     "read_node_module",
     "read_node_tag",
     "read_piece_record",
     "read_torch_class_hierarchy",
     "read_torch_name_scopes",
+    "relative_props",
     "replace_empty_stack_marker",
     "write_derivation",
+    "write_function_record",
+    "write_inline_record",
     "write_model_metadata",
     "write_modules",
     "write_node_tag",
@@ -90,10 +109,13 @@ MODULES_KEY = "hierarchy.modules"
 EXPORT_KEY = "hierarchy.export"
 PIECE_KEY = "hierarchy.piece"
 DERIVATION_KEY = "hierarchy.derivation"
+FUNCTION_KEY = "hierarchy.function"
+INLINE_KEY = "hierarchy.inline"
 
 TORCH_NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 TORCH_STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 TORCH_CLASS_HIERARCHY_KEY = "pkg.torch.onnx.class_hierarchy"
+TORCH_FX_NODE_KEY = "pkg.torch.onnx.fx_node"
 # torch.export's passes give nodes they create from a module-less input (a graph input's shape) this
 # placeholder as their module stack; such nodes ran in the root module's forward.
 TORCH_EMPTY_STACK_MARKER = "_empty_nn_module_stack_from_metadata_hook"
@@ -541,3 +563,298 @@ def _decoded(key: str, raw: str, build: Callable[[Any], _T]) -> _T:
 def modules_by_path(modules: Iterable[ModuleRecord]) -> dict[str, ModuleRecord]:
     """Indexes module records by path."""
     return {m.path: m for m in modules}
+
+
+# Modules as local functions ---------------------------------------------------------------------------
+#
+# One body serves every call of a repeated module, so the body cannot say `encoder.layer.3`: its nodes
+# carry tags relative to the calling module, and each call node carries that module's own tags (a node
+# of the module whose leaf is the call itself). Composing the two gives back the flat model's tags
+# exactly; only torch's `fx_node` (it names each call's FX arguments) and stack traces stay out of bodies.
+
+# Keys a body holds relative to its calling module; other node keys are the same in every call.
+_RELATIVE_KEYS = (MODULE_KEY, TAG_KEY, NAMESPACE_KEY, TORCH_NAME_SCOPES_KEY, TORCH_CLASS_HIERARCHY_KEY)
+_PER_CALL_KEYS = (CALL_KEY, TORCH_FX_NODE_KEY, TORCH_STACK_TRACE_KEY, INLINE_KEY)
+
+
+@dataclass(frozen=True)
+class FunctionRecord:
+    """What a local function written by ``functions`` stands for (``FunctionProto.metadata_props``).
+
+    Attributes:
+        cls: Class name of the module it is the body of.
+        modules: The module calls it serves, as ``path`` or ``path@call`` for one call of a shared module.
+    """
+
+    cls: str
+    modules: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"class": self.cls, "relative": True, "modules": list(self.modules)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FunctionRecord:
+        return cls(cls=data["class"], modules=tuple(data["modules"]))
+
+
+@dataclass(frozen=True)
+class InlineRecord:
+    """What one call's nodes and values are named in the flat model (a call node's ``hierarchy.inline``).
+
+    Attributes:
+        nodes: Each body node's name, in body order.
+        values: Each value the body computes for itself (node outputs that are not function outputs), in
+            body order.
+        leaves: Each body node's last torch scope in this call (the FX node it came from); ``None`` for a
+            node without one.
+        order: Where the call's nodes sat in the flat model, when not all together in body order: body
+            node positions and, by name, the caller's nodes that sat between them.
+        calls: The records of the calls the body makes itself (nested modules), by body position: they
+            differ from call to call, so they are kept here rather than in the shared body.
+    """
+
+    nodes: tuple[str, ...]
+    values: tuple[str, ...]
+    leaves: tuple[str | None, ...]
+    order: tuple[int | str, ...] | None = None
+    calls: Mapping[int, InlineRecord] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"nodes": list(self.nodes), "values": list(self.values), "leaves": list(self.leaves)}
+        if self.order is not None:
+            data["order"] = list(self.order)
+        if self.calls:
+            data["calls"] = {str(i): r.to_json() for i, r in self.calls.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> InlineRecord:
+        order = data.get("order")
+        return cls(
+            nodes=tuple(data["nodes"]),
+            values=tuple(data["values"]),
+            leaves=tuple(data["leaves"]),
+            order=tuple(order) if order is not None else None,
+            calls={int(i): InlineRecord.from_json(r) for i, r in data.get("calls", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class CallScope:
+    """Where a call puts its function's relative tags: its module's own tags, read from the call node.
+
+    ``namespace``, ``name_scopes`` and ``class_hierarchy`` are the module's entries from the root down to
+    the module itself (the call node's own, without its leaf); ``None`` when the call carries no such key.
+    """
+
+    module: str
+    call: int | None
+    tag: str
+    namespace: tuple[str, ...] | None
+    name_scopes: tuple[str, ...] | None
+    class_hierarchy: tuple[str, ...] | None
+
+    @classmethod
+    def of(cls, props: Mapping[str, str]) -> CallScope:
+        """The scope of a call node (whose metadata ends in the call's own leaf)."""
+        namespace = props.get(NAMESPACE_KEY)
+        scopes = read_torch_name_scopes(props)
+        classes = read_torch_class_hierarchy(props)
+        call = props.get(CALL_KEY)
+        return cls(
+            module=props[MODULE_KEY],
+            call=int(call) if call is not None else None,
+            tag=props.get(TAG_KEY, ""),
+            namespace=tuple(namespace.split("/")[:-1]) if namespace is not None else None,
+            name_scopes=tuple(scopes[:-1]) if scopes else None,
+            class_hierarchy=tuple(classes[:-1]) if classes else None,
+        )
+
+    @classmethod
+    def around(cls, module: str, call: int | None, tag: str, member: Mapping[str, str]) -> CallScope:
+        """The scope of a call of ``module``, its torch entries taken from ``member``, a node of the call."""
+        scopes = read_torch_name_scopes(member)
+        depth = None
+        if scopes is not None:
+            depth = next((i + 1 for i, p in enumerate(scopes) if p.split("@")[0] == module), None)
+        classes = read_torch_class_hierarchy(member)
+        namespace = member.get(NAMESPACE_KEY)
+        return cls(
+            module=module,
+            call=call,
+            tag=tag,
+            namespace=tuple(namespace.split("/")[:depth]) if namespace is not None and depth else None,
+            name_scopes=tuple(scopes[:depth]) if scopes is not None and depth else None,
+            class_hierarchy=tuple(classes[:depth]) if classes is not None and depth else None,
+        )
+
+    def call_props(self, cls_name: str, leaf: str, op: str) -> dict[str, str]:
+        """The metadata of a call node of this scope: a node of the module whose leaf is the call."""
+        props = {MODULE_KEY: self.module, CLASS_KEY: cls_name, TAG_KEY: self.tag, SOURCE_KEY: TagSource.TRACED.value}
+        if self.call is not None:
+            props[CALL_KEY] = str(self.call)
+        if self.namespace is not None:
+            props[NAMESPACE_KEY] = "/".join((*self.namespace, f"{leaf}: {op}"))
+        if self.name_scopes is not None:
+            props[TORCH_NAME_SCOPES_KEY] = repr([*self.name_scopes, leaf])
+        if self.class_hierarchy is not None:
+            props[TORCH_CLASS_HIERARCHY_KEY] = repr([*self.class_hierarchy, op])
+        return props
+
+
+def relative_props(props: Mapping[str, str], scope: CallScope) -> tuple[dict[str, str], str | None] | None:
+    """A body node's metadata relative to ``scope``, and its leaf (last torch scope, the FX node).
+
+    Relative paths start with ``.`` (``.`` is the calling module, ``.attention.self`` a descendant), so a
+    leaf never reads as one. ``None`` when the node's tags do not sit inside the scope's module (or it has
+    a key the call lacks), or do not compose back to exactly ``props``: such a node cannot be in a body.
+    """
+    module = props.get(MODULE_KEY)
+    if module is None or not _inside(module, scope.module):
+        return None
+    relative = {k: v for k, v in props.items() if k not in _RELATIVE_KEYS and k not in _PER_CALL_KEYS}
+    if module != scope.module and CALL_KEY in props:
+        relative[CALL_KEY] = props[CALL_KEY]
+    relative[MODULE_KEY] = _relative_path(module, scope.module)
+    tag = props.get(TAG_KEY)
+    if tag is not None:
+        if not tag.startswith(scope.tag):
+            return None
+        relative[TAG_KEY] = tag[len(scope.tag) :]
+    for key, prefix in (
+        (TORCH_NAME_SCOPES_KEY, scope.name_scopes),
+        (TORCH_CLASS_HIERARCHY_KEY, scope.class_hierarchy),
+    ):
+        entries = _literal_list(props.get(key))
+        if key not in props:
+            continue
+        if entries is None or prefix is None or tuple(entries[: len(prefix)]) != prefix:
+            return None
+        rest = entries[len(prefix) :]
+        relative[key] = repr([_relative_path(p, scope.module) for p in rest] if key == TORCH_NAME_SCOPES_KEY else rest)
+    namespace = props.get(NAMESPACE_KEY)
+    if namespace is not None:
+        segments = namespace.split("/")
+        if scope.namespace is None or tuple(segments[: len(scope.namespace)]) != scope.namespace:
+            return None
+        relative[NAMESPACE_KEY] = "/".join(_relative_segment(s, scope.module) for s in segments[len(scope.namespace) :])
+    leaf = _leaf(relative)
+    if composed_props(relative, scope, leaf) != {k: v for k, v in props.items() if k not in _PER_CALL_KEYS[1:]}:
+        return None
+    return relative, leaf
+
+
+def composed_props(relative: Mapping[str, str], scope: CallScope, leaf: str | None) -> dict[str, str]:
+    """A body node's metadata as the flat model has it in the call of ``scope`` whose leaf is ``leaf``."""
+    props = dict(relative)
+    module = relative[MODULE_KEY]
+    props[MODULE_KEY] = _absolute_path(module, scope.module)
+    if module == "." and scope.call is not None:
+        props[CALL_KEY] = str(scope.call)
+    if TAG_KEY in relative:
+        props[TAG_KEY] = scope.tag + relative[TAG_KEY]
+    if TORCH_NAME_SCOPES_KEY in relative and scope.name_scopes is not None:
+        rest = [_absolute_path(p, scope.module) for p in _entries(relative[TORCH_NAME_SCOPES_KEY])]
+        if leaf is not None and rest and not rest[-1].startswith("."):
+            rest[-1] = leaf
+        props[TORCH_NAME_SCOPES_KEY] = repr([*scope.name_scopes, *rest])
+    if TORCH_CLASS_HIERARCHY_KEY in relative and scope.class_hierarchy is not None:
+        classes = _entries(relative[TORCH_CLASS_HIERARCHY_KEY])
+        props[TORCH_CLASS_HIERARCHY_KEY] = repr([*scope.class_hierarchy, *classes])
+    if NAMESPACE_KEY in relative and scope.namespace is not None:
+        parts = _segments(relative[NAMESPACE_KEY])
+        segments = [f"{_absolute_path(path, scope.module)}{sep}{cls}" for path, sep, cls in parts]
+        if leaf is not None and parts and not parts[-1][0].startswith("."):
+            segments[-1] = f"{leaf}: {parts[-1][2]}"
+        props[NAMESPACE_KEY] = "/".join((*scope.namespace, *segments))
+    return props
+
+
+@functools.lru_cache(maxsize=8192)
+def _segments(namespace: str) -> tuple[tuple[str, str, str], ...]:
+    """A body's relative namespace as ``(path, ": ", class)`` segments, split once for all its calls."""
+    return tuple(segment.partition(": ") for segment in namespace.split("/")) if namespace else ()
+
+
+@functools.lru_cache(maxsize=8192)
+def _entries(raw: str) -> tuple[str, ...]:
+    """A body's torch list, parsed once for all the calls that compose it."""
+    return tuple(str(entry) for entry in ast.literal_eval(raw))
+
+
+def leafless_props(relative: Mapping[str, str]) -> dict[str, str]:
+    """Relative metadata without its leaf: what two calls' nodes must share to share one body."""
+    props = dict(relative)
+    scopes = _literal_list(props.get(TORCH_NAME_SCOPES_KEY))
+    if scopes and not scopes[-1].startswith("."):
+        props[TORCH_NAME_SCOPES_KEY] = repr(scopes[:-1])
+    namespace = props.get(NAMESPACE_KEY)
+    if namespace:
+        *segments, last = namespace.split("/")
+        if not last.startswith("."):
+            props[NAMESPACE_KEY] = "/".join((*segments, ": " + last.partition(": ")[2]))
+    return props
+
+
+def _leaf(relative: Mapping[str, str]) -> str | None:
+    scopes = _literal_list(relative.get(TORCH_NAME_SCOPES_KEY))
+    if scopes and not scopes[-1].startswith("."):
+        return scopes[-1]
+    namespace = relative.get(NAMESPACE_KEY)
+    if namespace:
+        last = namespace.split("/")[-1]
+        if not last.startswith("."):
+            return last.partition(": ")[0]
+    return None
+
+
+def _inside(path: str, module: str) -> bool:
+    return module == "" or path == module or path.startswith(module + ".")
+
+
+def _relative_path(path: str, module: str) -> str:
+    """``encoder.layer.3.attention`` in ``encoder.layer.3`` -> ``.attention``; a leaf stays as it is."""
+    if path == module:
+        return "."
+    if module == "":
+        return "." + path
+    return path[len(module) :] if path.startswith(module + ".") else path
+
+
+def _absolute_path(path: str, module: str) -> str:
+    if path == ".":
+        return module
+    if path.startswith("."):
+        return module + path if module else path[1:]
+    return path
+
+
+def _relative_segment(segment: str, module: str) -> str:
+    path, sep, cls = segment.partition(": ")
+    return f"{_relative_path(path, module)}{sep}{cls}"
+
+
+def write_function_record(function: ir.Function, record: FunctionRecord) -> None:
+    """Marks a local function as a module body whose tags are relative to its caller."""
+    function.metadata_props[FUNCTION_KEY] = json.dumps(record.to_json(), separators=(",", ":"))
+
+
+def read_function_record(function: HasMetadata) -> FunctionRecord | None:
+    """The module a local function is the body of, or ``None`` for any other function."""
+    raw = _props(function).get(FUNCTION_KEY)
+    if raw is None:
+        return None
+    return _decoded(FUNCTION_KEY, raw, FunctionRecord.from_json)
+
+
+def write_inline_record(call: ir.Node, record: InlineRecord) -> None:
+    """Records on a call node what its nodes and values are named in the flat model."""
+    call.metadata_props[INLINE_KEY] = json.dumps(record.to_json(), separators=(",", ":"))
+
+
+def read_inline_record(call: HasMetadata) -> InlineRecord:
+    """The flat names of a call's nodes and values."""
+    raw = _props(call).get(INLINE_KEY)
+    if raw is None:
+        raise ModelFileError(f"a call of a module function has no {INLINE_KEY}")
+    return _decoded(INLINE_KEY, raw, InlineRecord.from_json)

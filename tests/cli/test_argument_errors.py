@@ -30,6 +30,8 @@ CASES: dict[str, list[str]] = {
     "assemble missing model": ["assemble", "{missing}", "--all", "pieces", "-o", "out.onnx"],
     "assemble missing folder": ["assemble", "{file}", "--all", "{missing}", "-o", "out.onnx"],
     "assemble without output": ["assemble", "{file}", "--all", "pieces"],
+    "functions": ["functions", "{missing}", "-o", "out.onnx", "--class", "BertLayer"],
+    "functions without output": ["functions", "{file}", "--class", "BertLayer"],
     "verify": ["verify", "{missing}"],
     "verify missing reference": ["verify", "{file}", "--reference", "{missing}"],
     "generate missing export": ["generate", "{missing}", "--prompt", "hello"],

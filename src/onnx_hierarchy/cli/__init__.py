@@ -15,6 +15,7 @@ from onnx_hierarchy.cli._assemble import assemble_command
 from onnx_hierarchy.cli._derive import optimize_command, retag_command
 from onnx_hierarchy.cli._export import export_command
 from onnx_hierarchy.cli._extract import extract_command
+from onnx_hierarchy.cli._functions import functions_command
 from onnx_hierarchy.cli._generate import generate_command
 from onnx_hierarchy.cli._inspect import (
     dag_command,
@@ -39,7 +40,8 @@ __all__ = ["cli", "main"]
 def cli(debug: bool) -> None:
     """Export Hugging Face models to ONNX with every node tagged by the nn.Module that produced it,
     inspect any ONNX model module by module (tree, nodes, summary, dag, diff, validate), cut any module
-    out as a standalone model (extract) and put changed pieces back (assemble), compare it with PyTorch
+    out as a standalone model (extract) and put changed pieces back (assemble), write repeated modules
+    as shared ONNX functions (functions), compare it with PyTorch
     module by module (verify), decode with an exported KV cache beside transformers (generate), keep
     the tags through optimizers, quantizers and fp16 (optimize, retag), find which modules can take fp16,
     int8 or int4 and keep the rest (sensitivity, mixed), see where ONNX Runtime spends
@@ -51,6 +53,7 @@ for command in (export_command, tree_command, nodes_command, summary_command, da
 cli.add_command(validate_command)
 cli.add_command(extract_command)
 cli.add_command(assemble_command)
+cli.add_command(functions_command)
 cli.add_command(verify_command)
 cli.add_command(generate_command)
 cli.add_command(optimize_command)

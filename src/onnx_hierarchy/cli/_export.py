@@ -58,6 +58,12 @@ if TYPE_CHECKING:
 @click.option("--sidecar", is_flag=True, help="Also write OUTPUT.hierarchy.json.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT even if it is not an ONNX file.")
 @click.option("--trust-remote-code", is_flag=True, help="Run the checkpoint's own model code (auto_map).")
+@click.option(
+    "--functions",
+    "function_classes",
+    metavar="CLASS[,CLASS]",
+    help="Write the calls of these module classes as shared local functions (as `functions --class` does).",
+)
 @click.option("--tree", "show_tree", is_flag=True, help="Print the module tree after the summary.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def export_command(
@@ -81,6 +87,7 @@ def export_command(
     sidecar: bool,
     force: bool,
     trust_remote_code: bool,
+    function_classes: str | None,
     show_tree: bool,
     fmt: str,
 ) -> int:
@@ -119,6 +126,7 @@ def export_command(
             sidecar=sidecar,
             force=force,
             trust_remote_code=trust_remote_code,
+            functions=[c for c in (function_classes or "").split(",") if c],
             progress=progress,
         )
     for warning in result.warnings:

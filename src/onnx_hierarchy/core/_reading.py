@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
-from onnx_hierarchy.core import _quiet, _wire
+from onnx_hierarchy.core import _functions, _quiet, _wire
 from onnx_hierarchy.core._proto import onnx_pb
 from onnx_hierarchy.errors import ModelFileError, summarize
 
@@ -40,8 +40,9 @@ _FLOATING = {
 }
 
 
-def read_proto(path: str | os.PathLike[str]) -> onnx_pb.ModelProto:
-    """The model's protobuf with embedded weights turned into references into the file.
+def read_proto(path: str | os.PathLike[str], *, flat: bool = True) -> onnx_pb.ModelProto:
+    """The model's protobuf with embedded weights turned into references into the file; a model whose
+    modules are local functions (``functions``) comes back flat, as it was before, unless ``flat`` is false.
 
     Raises:
         ModelFileError: The file is missing, not ONNX, or truncated.
@@ -59,6 +60,8 @@ def read_proto(path: str | os.PathLike[str]) -> onnx_pb.ModelProto:
         raise ModelFileError(f"{path}: not a readable ONNX model (truncated or not ONNX): {error}") from error
     if model.ir_version == 0 or not model.HasField("graph"):
         raise ModelFileError(f"{path}: not an ONNX model (no graph)")
+    if flat and _functions.has_module_functions(model):  # modules as functions: every reader sees them flat
+        model = _functions.flat(model)
     return model
 
 

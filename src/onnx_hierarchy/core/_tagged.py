@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onnx_hierarchy import schema
-from onnx_hierarchy.core import _reading
+from onnx_hierarchy.core import _functions, _reading
 from onnx_hierarchy.core._hierarchy import Hierarchy, from_proto
 from onnx_hierarchy.core._proto import onnx_pb
 from onnx_hierarchy.errors import ModelFileError
@@ -34,12 +34,15 @@ class TaggedModel:
         proto: Its protobuf, weights referenced on disk (see :mod:`onnx_hierarchy.core._reading`).
         hierarchy: Its module hierarchy, from its tags.
         record: How it was exported, when onnx-hierarchy exported it.
+        functions: The file holds modules as local functions (``functions``): ``proto`` is the flat model
+            they compose into, and ONNX Runtime should run ``proto`` where node names matter.
     """
 
     path: Path
     proto: onnx_pb.ModelProto
     hierarchy: Hierarchy
     record: schema.ExportRecord | None
+    functions: bool = False
 
     @classmethod
     def read(cls, path: str | os.PathLike[str], purpose: str, *, name_scopes: bool = False) -> TaggedModel:
@@ -51,7 +54,10 @@ class TaggedModel:
                 how to tag it, ending with ``purpose`` ("to tag it, then extract").
         """
         path = Path(path)
-        proto = _reading.read_proto(path)
+        proto = _reading.read_proto(path, flat=False)
+        functions = _functions.has_module_functions(proto)
+        if functions:
+            proto = _functions.flat(proto)
         hierarchy = from_proto(path, proto)
         readable = ("hierarchy", "torch-name-scopes", "scoped-names") if name_scopes else ("hierarchy",)
         if hierarchy.source not in readable:
@@ -60,7 +66,7 @@ class TaggedModel:
                 f"export the model with `onnx-hierarchy export MODEL OUTPUT.onnx` {purpose}"
             )
         record = schema.read_export_record({p.key: p.value for p in proto.metadata_props})
-        return cls(path, proto, hierarchy, record)
+        return cls(path, proto, hierarchy, record, functions)
 
     @property
     def structure_only(self) -> bool:
@@ -78,6 +84,18 @@ class TaggedModel:
     def ir(self) -> ir.Model:
         """The onnx-ir graph, its weights loaded from disk only when used."""
         return _reading.read_ir(self.path, self.proto)
+
+    def flat_file(self, folder: Path) -> Path:
+        """A file of the model tools that read files can take: the file itself, or, for a file with module
+        functions, the flat model written into ``folder`` (ONNX Runtime would inline them under names of its
+        own, which no tag names)."""
+        if not self.functions:
+            return self.path
+        from onnx_hierarchy.core import _saving
+
+        flat = folder / f"flat-{self.path.name}"
+        _saving.save_atomically(self.ir, flat)
+        return flat
 
     @functools.cached_property
     def produced(self) -> frozenset[str]:

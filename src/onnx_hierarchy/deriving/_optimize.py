@@ -193,7 +193,7 @@ def optimize(
         tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as scratch,
     ):
         staged = staging / source.path.name if folder else staging
-        current = source.path
+        current = source.flat_file(Path(scratch))
         for number, tool in enumerate(tools, 1):
             with clock(tool.name):
                 step_start = time.perf_counter()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import difflib
 import functools
 import importlib.metadata
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ from onnx_hierarchy import schema
 from onnx_hierarchy.core import _saving
 from onnx_hierarchy.core._progress import ProgressCallback, StageClock, StageTiming
 from onnx_hierarchy.core._traversal import ir_nodes
-from onnx_hierarchy.errors import InputSpecError, TraceError
+from onnx_hierarchy.errors import InputSpecError, TraceError, UnknownModuleError
 from onnx_hierarchy.exporting import _conversion, _streaming
 from onnx_hierarchy.exporting._check import compare_with_torch
 from onnx_hierarchy.hf import _checkpoint, _deploy, _flat_cache, _inputs, _module_tree, _multimodal, _source
 from onnx_hierarchy.hf._shapes import InputShapes, check_sizes
+from onnx_hierarchy.pieces import _functions
 from onnx_hierarchy.runtime import _tolerance
 from onnx_hierarchy.runtime._compare import Comparison
 from onnx_hierarchy.runtime._session import DEFAULT_POLICY, SessionPolicy
@@ -190,6 +192,7 @@ def export(
     sidecar: bool = False,
     force: bool = False,
     trust_remote_code: bool = False,
+    functions: Sequence[str] = (),
     policy: SessionPolicy = DEFAULT_POLICY,
     progress: ProgressCallback | None = None,
 ) -> ExportResult:
@@ -226,6 +229,8 @@ def export(
         sidecar: Also write ``OUTPUT.hierarchy.json`` with the tree and the node -> module map.
         force: Replace ``output`` even when it exists and is not an ONNX model.
         trust_remote_code: Run the checkpoint's own model code when its config asks for it (``auto_map``).
+        functions: Module classes whose calls each file writes as shared local functions, as
+            ``onnx-hierarchy functions --class`` would rewrite the exported file (``pieces._functions``).
         policy: How the check's ONNX Runtime session is made.
         progress: Told when each stage (load, trace, convert, tag, save, check) starts and finishes.
 
@@ -262,6 +267,7 @@ def export(
             source, model_class, structure_only=structure_only, seed=seed, dtype=torch_dtype, fake_mode=fake_mode
         )
         torch_model, weights = built.model, built.weights
+        _check_classes(torch_model, functions)
         reader = None
         if fake_mode is not None:
             reader = _checkpoint.CheckpointReader(source, torch_model, torch_dtype)
@@ -334,6 +340,7 @@ def export(
         reader=reader,
         fake_mode=fake_mode,
         checked_parts=functools.cache(lambda: _loaded_parts(source, model_class, seed, torch_dtype, graph_parts)),
+        functions=tuple(functions),
     )
     if not folder:
         result, files = _export_part(torch_model, parts[0], output, settings, clock, notes)
@@ -383,6 +390,7 @@ class _Settings:
     # A streamed export's model holds no values: its check builds the model with its weights, and the parts
     # again (their forwards call the model they were made for).
     checked_parts: Callable[[], tuple[torch.nn.Module, dict[str | None, _flat_cache.GraphPart]]] | None = None
+    functions: tuple[str, ...] = ()
 
 
 def _export_part(
@@ -436,6 +444,17 @@ def _export_part(
                 onnx_model.graph.initializers.clear()  # meta tensors hold no data to write
             sidecar = _sidecar(onnx_model, modules, record) if settings.sidecar else None
             files = _saving.save_atomically(onnx_model, output, sidecar=sidecar)
+        present = {m.cls for m in modules if m.calls > 0}
+        classes = [c for c in settings.functions if c in present]
+        if classes:
+            with clock("functions"):  # what `functions --class` does to the file written: the same bytes
+                written = _functions.functions(output, output, cls=classes)
+                files = [*written.files, *(f for f in files if f not in written.files and f.exists())]
+            notes.extend(
+                f"{f.cls}: {len(f.calls)} call(s) written as local function {f.name} ({f.nodes} nodes)"
+                for f in written.functions
+            )
+            notes.extend(f"{c.module} stays flat: {c.reason}" for c in written.flat)
 
     check_result = None
     if settings.check and not settings.structure_only and (reader is None or reader.fits_in_memory()):
@@ -458,6 +477,16 @@ def _export_part(
     nodes = sum(module_nodes.values())
     result = PartResult(part.name, output, record, tuple(modules), nodes, traced_count, module_nodes, check_result)
     return result, files
+
+
+def _check_classes(model: torch.nn.Module, classes: Sequence[str]) -> None:
+    """Refuses, before anything is traced, classes the model has no module of."""
+    known = {type(m).__name__ for m in model.modules()}
+    missing = [c for c in classes if c not in known]
+    if missing:
+        close = difflib.get_close_matches(missing[0], sorted(known), n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise UnknownModuleError(f"--functions: {type(model).__name__} has no module of class {missing[0]!r}{hint}")
 
 
 def _loaded_parts(

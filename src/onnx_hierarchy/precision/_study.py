@@ -101,6 +101,11 @@ class Study:
         self.model = TaggedModel.read(model, "first, then study its precision")
         if self.model.structure_only:
             raise ModelFileError(f"{self.model.path}: exported without weights (structure only); nothing to lower")
+        if self.model.functions:
+            raise ModelFileError(
+                f"{self.model.path}: holds modules as local functions; study the flat model "
+                "(`onnx-hierarchy functions MODEL -o FLAT.onnx --inline`)"
+            )
         dtype, steps = self.model.arithmetic
         lowered = [step for step in steps if step == "fp16" or step.startswith("quantize-")]
         if dtype != "float32" or lowered:

@@ -433,7 +433,9 @@ def _profiled_runs(
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
 
     try:
-        runner = _session.session(tagged.path, policy=policy, configure=configure)
+        # Module functions run as the flat model they compose into, so ORT keeps the flat nodes' names.
+        source = tagged.proto if tagged.functions else tagged.path
+        runner = _session.session(source, tagged.path.parent if tagged.functions else None, policy, configure)
     except _session.RuntimeFailure as failure:
         raise ModelFileError(f"{tagged.path}: {failure}") from failure
     accepted = {i.name for i in runner.get_inputs()}
