@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 @click.command("functions")
 @click.argument("model", type=EXISTING_FILE)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The ONNX file to write."
+)
 @click.option("--module", "-m", "module", help="Glob over module paths; nested matches become nested functions.")
 @click.option("--class", "cls", metavar="CLASS[,CLASS]", help="Only modules of these classes (e.g. LlamaDecoderLayer).")
 @click.option("--depth", type=click.IntRange(min=1), help="The modules this many levels down, and shallower leaves.")
