@@ -227,3 +227,31 @@ def test_optimize_and_retag_work_on_the_flat_model(
     assert [n[2:] for n in tagged[0]] == [n[2:] for n in tagged[1]]
     with pytest.raises(onnx_hierarchy.errors.ModelFileError, match="local functions"):
         onnx_hierarchy.sensitivity(layers.output, "int8")
+
+
+def test_a_failure_after_the_start_leaves_nothing_behind(
+    bert12: Path, config_dir: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`functions` failing while it writes, and `export --functions` failing after the flat file was
+    written: no OUTPUT, no companion, no staging folder."""
+    from onnx_hierarchy.core import _saving
+    from onnx_hierarchy.pieces import _functions
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk gone")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with monkeypatch.context() as patch:
+        patch.setattr(_saving, "write_single_file", broken)
+        with pytest.raises(onnx_hierarchy.errors.OutputError, match="writing failed \\(disk gone\\)"):
+            onnx_hierarchy.functions(bert12, out / "layers.onnx", cls="BertLayer")
+    assert list(out.iterdir()) == []
+
+    def failing(self: object, model: object) -> None:
+        raise RuntimeError("outlining failed")
+
+    monkeypatch.setattr(_functions.OutlineModulesPass, "call", failing)
+    with pytest.raises(RuntimeError, match="outlining failed"):
+        onnx_hierarchy.export(config_dir("bert"), out / "model.onnx", functions=["BertLayer"], sidecar=True)
+    assert list(out.iterdir()) == []

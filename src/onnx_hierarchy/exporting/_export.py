@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -439,22 +440,25 @@ def _export_part(
             schema.write_model_metadata(onnx_model, modules, record)
             module_nodes, traced_count = _count_tags(onnx_model)
 
-        with clock("save"):
-            if settings.structure_only:
-                onnx_model.graph.initializers.clear()  # meta tensors hold no data to write
-            sidecar = _sidecar(onnx_model, modules, record) if settings.sidecar else None
-            files = _saving.save_atomically(onnx_model, output, sidecar=sidecar)
         present = {m.cls for m in modules if m.calls > 0}
         classes = [c for c in settings.functions if c in present]
-        if classes:
-            with clock("functions"):  # what `functions --class` does to the file written: the same bytes
-                written = _functions.functions(output, output, cls=classes)
-                files = [*written.files, *(f for f in files if f not in written.files and f.exists())]
-            notes.extend(
-                f"{f.cls}: {len(f.calls)} call(s) written as local function {f.name} ({f.nodes} nodes)"
-                for f in written.functions
-            )
-            notes.extend(f"{c.module} stays flat: {c.reason}" for c in written.flat)
+        # With module functions, OUTPUT appears only once they are written too: a failure leaves nothing.
+        with _saving.staged(output) if classes else contextlib.nullcontext(output) as target:
+            with clock("save"):
+                if settings.structure_only:
+                    onnx_model.graph.initializers.clear()  # meta tensors hold no data to write
+                sidecar = _sidecar(onnx_model, modules, record) if settings.sidecar else None
+                files = _saving.save_atomically(onnx_model, target, sidecar=sidecar)
+            if classes:
+                with clock("functions"):  # what `functions --class` does to the file written: the same bytes
+                    written = _functions.functions(target, target, cls=classes)
+                files = sorted({*files, *written.files})
+                notes.extend(
+                    f"{f.cls}: {len(f.calls)} call(s) written as local function {f.name} ({f.nodes} nodes)"
+                    for f in written.functions
+                )
+                notes.extend(f"{c.module} stays flat: {c.reason}" for c in written.flat)
+        files = [output.parent / f.name for f in files if (output.parent / f.name).exists()]
 
     check_result = None
     if settings.check and not settings.structure_only and (reader is None or reader.fits_in_memory()):
