@@ -28,7 +28,7 @@ import ast
 import enum
 import functools
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
@@ -779,7 +779,7 @@ def _segments(namespace: str) -> tuple[tuple[str, str, str], ...]:
 @functools.lru_cache(maxsize=8192)
 def _entries(raw: str) -> tuple[str, ...]:
     """A body's torch list, parsed once for all the calls that compose it."""
-    return tuple(str(entry) for entry in ast.literal_eval(raw))
+    return tuple(_literal_list(raw) or ())
 
 
 def leafless_props(relative: Mapping[str, str]) -> dict[str, str]:
@@ -847,9 +847,9 @@ def read_function_record(function: HasMetadata) -> FunctionRecord | None:
     return _decoded(FUNCTION_KEY, raw, FunctionRecord.from_json)
 
 
-def write_inline_record(call: ir.Node, record: InlineRecord) -> None:
-    """Records on a call node what its nodes and values are named in the flat model."""
-    call.metadata_props[INLINE_KEY] = json.dumps(record.to_json(), separators=(",", ":"))
+def write_inline_record(call: MutableMapping[str, str], record: InlineRecord) -> None:
+    """Records in a call node's metadata what its nodes and values are named in the flat model."""
+    call[INLINE_KEY] = json.dumps(record.to_json(), separators=(",", ":"))
 
 
 def read_inline_record(call: HasMetadata) -> InlineRecord:

@@ -15,22 +15,17 @@ from dataclasses import dataclass, field
 from onnx_hierarchy import schema
 from onnx_hierarchy.core._proto import onnx_pb
 
-__all__ = ["flat", "has_module_functions"]
+__all__ = ["flat"]
 
 FunctionKey = tuple[str, str, str]
 # What a body node keeps as it is, when set (unset stays unset, so the flat file's bytes come back).
 _OPTIONAL_FIELDS = ("op_type", "domain", "overload", "doc_string")
 
 
-def has_module_functions(model: onnx_pb.ModelProto) -> bool:
-    """Whether some local function of ``model`` is a module body written by ``functions``."""
-    return any(p.key == schema.FUNCTION_KEY for f in model.functions for p in f.metadata_props)
-
-
 def flat(model: onnx_pb.ModelProto) -> onnx_pb.ModelProto:
     """``model`` with every call of a module function replaced by its nodes as the flat model had them.
 
-    Returns ``model`` itself when it has no module functions.
+    Returns ``model`` itself (the same object) when it has no module functions.
     """
     bodies = {
         (f.domain, f.name, f.overload): f
@@ -129,7 +124,7 @@ class _Expander:
             )
             props = schema.composed_props(relative[i], scope, leaf)
             if i in record.calls:
-                props[schema.INLINE_KEY] = _json(record.calls[i])
+                schema.write_inline_record(props, record.calls[i])
             entries = copy.metadata_props
             for key, value in props.items():
                 entries.add(key=key, value=value)
@@ -143,9 +138,3 @@ class _Expander:
 
 def _props(node: onnx_pb.NodeProto | onnx_pb.FunctionProto) -> dict[str, str]:
     return {p.key: p.value for p in node.metadata_props}
-
-
-def _json(record: schema.InlineRecord) -> str:
-    import json
-
-    return json.dumps(record.to_json(), separators=(",", ":"))

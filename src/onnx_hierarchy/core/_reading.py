@@ -60,9 +60,7 @@ def read_proto(path: str | os.PathLike[str], *, flat: bool = True) -> onnx_pb.Mo
         raise ModelFileError(f"{path}: not a readable ONNX model (truncated or not ONNX): {error}") from error
     if model.ir_version == 0 or not model.HasField("graph"):
         raise ModelFileError(f"{path}: not an ONNX model (no graph)")
-    if flat and _functions.has_module_functions(model):  # modules as functions: every reader sees them flat
-        model = _functions.flat(model)
-    return model
+    return _functions.flat(model) if flat else model  # modules as functions: every reader sees them flat
 
 
 def read_ir(path: str | os.PathLike[str], proto: onnx_pb.ModelProto | None = None) -> ir.Model:

@@ -54,10 +54,8 @@ class TaggedModel:
                 how to tag it, ending with ``purpose`` ("to tag it, then extract").
         """
         path = Path(path)
-        proto = _reading.read_proto(path, flat=False)
-        functions = _functions.has_module_functions(proto)
-        if functions:
-            proto = _functions.flat(proto)
+        written = _reading.read_proto(path, flat=False)
+        proto = _functions.flat(written)
         hierarchy = from_proto(path, proto)
         readable = ("hierarchy", "torch-name-scopes", "scoped-names") if name_scopes else ("hierarchy",)
         if hierarchy.source not in readable:
@@ -66,7 +64,7 @@ class TaggedModel:
                 f"export the model with `onnx-hierarchy export MODEL OUTPUT.onnx` {purpose}"
             )
         record = schema.read_export_record({p.key: p.value for p in proto.metadata_props})
-        return cls(path, proto, hierarchy, record, functions)
+        return cls(path, proto, hierarchy, record, functions=proto is not written)
 
     @property
     def structure_only(self) -> bool:

@@ -212,6 +212,9 @@ class _Call:
     hoisted: list[ir.Node] = field(default_factory=list)
     signature: str = ""
     failure: str | None = None
+    # Set with the signature: where the module sits, and each node's tags relative to it with its leaf.
+    scope: schema.CallScope | None = None
+    relatives: list[tuple[dict[str, str], str | None]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -299,13 +302,15 @@ class OutlineModulesPass(ir.passes.InPlacePass):
             if all(t.nodes for t in trial) and len({t.signature for t in trial}) < len({c.signature for c in calls}):
                 calls = trial
         for c in calls:
-            failure = c.failure or _placement_failure(model.graph, c)
+            nodes = list(model.graph)
+            position = {n: i for i, n in enumerate(nodes)}
+            failure = c.failure or _placement_failure(nodes, position, c)
             if failure is not None:
                 self.flat.append(FlatCall(c.label, failure))
                 continue
             function = self._bodies.get(c.signature)
             number = sum(1 for group in self._served.values() if group[0].cls == c.cls)
-            call_node = _outline(model, c, function, number, modules, subgraph_owners(list(model.graph)))
+            call_node = _outline(model, c, function, number, subgraph_owners(nodes), nodes, position)
             if function is None:
                 self._bodies[c.signature] = model.functions[call_node.op_identifier()]
             self._served[c.signature].append(c)
@@ -375,7 +380,7 @@ def _scope(c: _Call, modules: dict[str, schema.ModuleRecord]) -> schema.CallScop
 
 def _signature(c: _Call, modules: dict[str, schema.ModuleRecord], owners: dict[ir.Node, ir.Node]) -> str:
     """What two calls must share to share a body: operators, attributes, wiring and relative tags."""
-    scope = _scope(c, modules)
+    scope = c.scope = _scope(c, modules)
     if scope is None:
         c.failure = "its nodes carry no tags"
         return ""
@@ -388,6 +393,7 @@ def _signature(c: _Call, modules: dict[str, schema.ModuleRecord], owners: dict[i
         if relative is None:
             c.failure = f"node {node.name}'s tags do not compose from its module's"
             return ""
+        c.relatives.append(relative)
         refs = []
         for value in node.inputs:
             producer = None if value is None else value.producer()
@@ -410,12 +416,10 @@ def _read_outside(value: ir.Value, inside: set[ir.Node], owners: dict[ir.Node, i
     return value.is_graph_output() or any(owners.get(user, user) not in inside for user, _ in value.uses())
 
 
-def _placement_failure(graph: ir.Graph, c: _Call) -> str | None:
+def _placement_failure(nodes: list[ir.Node], position: dict[ir.Node, int], c: _Call) -> str | None:
     """Why the call cannot stand where its last node stands, else ``None``: a caller's node between its
     nodes reads what they compute (and may feed them)."""
     inside = set(c.nodes)
-    nodes = list(graph)
-    position = {n: i for i, n in enumerate(nodes)}
     first, last = min(position[n] for n in c.nodes), max(position[n] for n in c.nodes)
     for node in nodes[first:last]:
         if node not in inside and any(v is not None and v.producer() in inside for v in node.inputs):
@@ -428,16 +432,16 @@ def _outline(
     c: _Call,
     function: ir.Function | None,
     number: int,
-    modules: dict[str, schema.ModuleRecord],
     owners: dict[ir.Node, ir.Node],
+    nodes: list[ir.Node],
+    position: dict[ir.Node, int],
 ) -> ir.Node:
-    """Replaces the call's nodes by a call node: of ``function``, or of a new function made of them."""
+    """Replaces the call's nodes by a call node: of ``function``, or of a new function made of them.
+    ``nodes`` are the graph's, ``position`` their places."""
     graph = model.graph
-    scope = _scope(c, modules)
-    assert scope is not None
+    scope, relatives = c.scope, c.relatives
+    assert scope is not None and len(relatives) == len(c.nodes)  # the signature made them
     inside = set(c.nodes)
-    nodes = list(graph)
-    position = {n: i for i, n in enumerate(nodes)}
     first, last = min(position[n] for n in c.nodes), max(position[n] for n in c.nodes)
     external: list[ir.Value] = []
     for node in c.nodes:
@@ -450,7 +454,6 @@ def _outline(
                 if value not in local and value.producer() not in inside and value not in external:
                     external.append(value)
     exported = [v for n in c.nodes for v in n.outputs if _read_outside(v, inside, owners)]
-    relatives = [schema.relative_props(dict(n.metadata_props), scope) for n in c.nodes]
     body_index = {n: i for i, n in enumerate(c.nodes)}
     inner_calls = {
         i: schema.read_inline_record(dict(n.metadata_props))
@@ -460,7 +463,7 @@ def _outline(
     record = schema.InlineRecord(
         nodes=tuple(str(n.name) for n in c.nodes),
         values=tuple(str(v.name) for n in c.nodes for v in n.outputs if v not in exported and v.name),
-        leaves=tuple(r[1] if r is not None else None for r in relatives),
+        leaves=tuple(leaf for _, leaf in relatives),
         order=tuple(body_index[n] if n in inside else str(n.name) for n in nodes[first : last + 1])
         if last - first + 1 > len(c.nodes)
         else None,
@@ -473,13 +476,12 @@ def _outline(
             for user, index in list(value.uses()):
                 if owners.get(user, user) in inside:
                     user.replace_input_with(index, replacement)
-        for node, relative in zip(c.nodes, relatives, strict=True):
-            assert relative is not None  # the signature checked every node
+        for node, (relative, _) in zip(c.nodes, relatives, strict=True):
             node.metadata_props.clear()
-            node.metadata_props.update(relative[0])
+            node.metadata_props.update(relative)
     call_node = ir.Node(DOMAIN, name, inputs=external, outputs=[_like(v) for v in exported], name=_call_name(c))
     call_node.metadata_props.update(scope.call_props(c.cls, str(call_node.name), f"{DOMAIN}.{name}"))
-    schema.write_inline_record(call_node, record)
+    schema.write_inline_record(call_node.metadata_props, record)
     for value, replacement in zip(exported, call_node.outputs, strict=True):
         for user, index in list(value.uses()):
             if owners.get(user, user) not in inside:
